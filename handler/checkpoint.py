@@ -1,0 +1,108 @@
+"""The one checkpoint format, written by training and read by training, evaluation and the handler.
+
+An ``Epoch.N.pth`` file is a dict:
+``{model, optimizer, lr_scheduler, epoch, model_config, class_names, args}``. ``model_config`` and
+``class_names`` alone rebuild the model, so the handler needs no other file. Everything in it is a tensor
+or a plain Python value, so it loads with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torchvision.models.detection import FasterRCNN
+
+from .detector import build_detector_from_config
+
+REQUIRED_KEYS = ("model", "epoch", "model_config", "class_names")
+_EPOCH_FILE = re.compile(r"^Epoch\.(\d+)\.pth$")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint of this project."""
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"Epoch.{epoch}.pth"
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    model_config: Mapping[str, Any],
+    class_names: list[str],
+    epoch: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr_scheduler: Any = None,
+    args: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes a checkpoint atomically (a reader never sees half a file) and returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+        "epoch": int(epoch),
+        "model_config": dict(model_config),
+        "class_names": list(class_names),
+        "args": {k: _plain_arg(v) for k, v in (args or {}).items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Reads a checkpoint safely (``weights_only=True``) and checks its shape.
+
+    Raises:
+        CheckpointError: missing file, not a torch file, or not one of this project's checkpoints.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many kinds (pickle, zip, EOF) for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(
+            f"{path} is not a tagger checkpoint (needs the keys {', '.join(REQUIRED_KEYS)})"
+        )
+    expected = len(state["class_names"]) + 1
+    if state["model_config"].get("num_classes") != expected:
+        raise CheckpointError(
+            f"{path}: model has {state['model_config'].get('num_classes')} classes but "
+            f"{len(state['class_names'])} class names (+1 background)"
+        )
+    return state
+
+
+def model_from_checkpoint(state: Mapping[str, Any]) -> FasterRCNN:
+    """Rebuilds the model from the checkpoint's own config and loads its weights (in train mode)."""
+    model = build_detector_from_config(state["model_config"])
+    model.load_state_dict(state["model"])
+    return model
+
+
+def newest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The ``Epoch.N.pth`` in ``folder`` with the largest N, or None."""
+    found = [
+        (int(m.group(1)), p) for p in Path(folder).glob("Epoch.*.pth") if (m := _EPOCH_FILE.match(p.name))
+    ]
+    return max(found)[1] if found else None
+
+
+def _plain_arg(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain_arg(v) for v in value]
+    return value

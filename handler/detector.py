@@ -1,0 +1,222 @@
+"""The one Faster R-CNN definition, shared by training and the TorchServe handler.
+
+Every hyper-parameter of the seed (``shared/SEED-SPEC.md``) is a keyword default of ``make_faster_rcnn``.
+A model's whole configuration is a plain dict (``model_config``) that travels inside checkpoints, so
+``build_detector_from_config(checkpoint["model_config"])`` rebuilds exactly the trained model.
+Nothing here reads files, flags or the environment: this module is packed into the model archive as is.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torchvision.models import resnet50, vgg16
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+
+BACKBONES = ("vgg16", "resnet50", "demo")
+
+# Named sets of keyword arguments. The seed's backbones need none: the seed values are the defaults.
+# "demo" is NOT the seed's model: a 2-million-parameter network small enough to learn on a 2-core CPU
+# in minutes, for the demo service and the tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "vgg16": {},
+    "resnet50": {},
+    "demo": {
+        "min_size": 320,
+        "max_size": 320,
+        "anchor_sizes": [32, 64, 128],
+        "rpn_pre_nms_top_n_train": 1000,
+        "rpn_pre_nms_top_n_test": 600,
+        "rpn_post_nms_top_n_train": 500,
+        "rpn_post_nms_top_n_test": 100,
+        "representation_size": 256,
+    },
+}
+
+_IMAGENET_MEAN = [0.485, 0.456, 0.406]
+_IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def make_faster_rcnn(
+    *,
+    backbone: str = "vgg16",
+    num_classes: int = 23,
+    min_size: int = 400,
+    max_size: int = 600,
+    image_mean: Sequence[float] = tuple(_IMAGENET_MEAN),
+    image_std: Sequence[float] = tuple(_IMAGENET_STD),
+    anchor_sizes: Sequence[int] = (128, 256, 512),
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    rpn_pre_nms_top_n_train: int = 6000,
+    rpn_pre_nms_top_n_test: int = 6000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_test: int = 300,
+    rpn_nms_thresh: float = 0.7,
+    rpn_fg_iou_thresh: float = 0.7,
+    rpn_bg_iou_thresh: float = 0.3,
+    rpn_batch_size_per_image: int = 256,
+    rpn_positive_fraction: float = 0.5,
+    rpn_init_std: float = 0.01,
+    roi_output_size: int = 7,
+    roi_sampling_ratio: int = 2,
+    representation_size: int = 4096,
+    cls_init_std: float = 0.01,
+    bbox_init_std: float = 0.001,
+    box_batch_size_per_image: int = 128,
+    box_fg_iou_thresh: float = 0.5,
+    box_bg_iou_thresh: float = 0.5,
+    box_positive_fraction: float = 0.25,
+    box_score_thresh: float = 0.05,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 100,
+) -> FasterRCNN:
+    """Builds a torchvision ``FasterRCNN`` on one feature map of the chosen backbone.
+
+    Args:
+        backbone: ``vgg16`` (conv layers, 512 channels, stride 16), ``resnet50`` (up to layer4, 2048
+            channels, stride 32) or ``demo`` (small CNN, 128 channels, stride 8). Weights start random.
+        num_classes: object classes plus one for the background.
+        anchor_sizes / aspect_ratios: the one-level anchor grid (sizes x ratios anchors per position).
+        rpn_init_std: standard deviation of the RPN head's Gaussian initialisation (biases zero).
+        representation_size: width of both FC layers of the RoI head.
+        cls_init_std / bbox_init_std: Gaussian initialisation of the predictor (biases zero).
+        The other arguments are torchvision's ``FasterRCNN`` arguments of the same name.
+    """
+    body, out_channels = _make_backbone(backbone)
+    anchor_generator = AnchorGenerator(
+        sizes=(tuple(int(s) for s in anchor_sizes),),
+        aspect_ratios=(tuple(float(r) for r in aspect_ratios),),
+    )
+    roi_pool = MultiScaleRoIAlign(
+        featmap_names=["0"], output_size=roi_output_size, sampling_ratio=roi_sampling_ratio
+    )
+    box_head = TwoMLPHead(out_channels * roi_output_size**2, representation_size)
+    box_predictor = FastRCNNPredictor(representation_size, num_classes)
+    model = FasterRCNN(
+        body,
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        rpn_anchor_generator=anchor_generator,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_nms_thresh=rpn_nms_thresh,
+        rpn_fg_iou_thresh=rpn_fg_iou_thresh,
+        rpn_bg_iou_thresh=rpn_bg_iou_thresh,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        rpn_positive_fraction=rpn_positive_fraction,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=box_predictor,
+        box_score_thresh=box_score_thresh,
+        box_nms_thresh=box_nms_thresh,
+        box_detections_per_img=box_detections_per_img,
+        box_fg_iou_thresh=box_fg_iou_thresh,
+        box_bg_iou_thresh=box_bg_iou_thresh,
+        box_batch_size_per_image=box_batch_size_per_image,
+        box_positive_fraction=box_positive_fraction,
+    )
+    _init_normal(model.rpn.head.modules(), std=rpn_init_std)
+    _init_normal([box_predictor.cls_score], std=cls_init_std)
+    _init_normal([box_predictor.bbox_pred], std=bbox_init_std)
+    return model
+
+
+def model_config(backbone: str = "vgg16", num_classes: int = 23, **overrides: Any) -> dict[str, Any]:
+    """The complete, plain configuration of a model: seed defaults, then the preset, then ``overrides``.
+
+    Raises:
+        ValueError: for an unknown backbone or an unknown override name.
+    """
+    if backbone not in PRESETS:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
+    defaults = {
+        name: p.default for name, p in inspect.signature(make_faster_rcnn).parameters.items()
+    }
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
+    config = {**defaults, **PRESETS[backbone], **overrides, "backbone": backbone, "num_classes": num_classes}
+    return {name: _plain(value) for name, value in config.items()}
+
+
+def build_detector(backbone: str = "vgg16", num_classes: int = 23, **overrides: Any) -> FasterRCNN:
+    """Builds the seed's Faster R-CNN (or the ``demo`` preset) with random weights."""
+    return build_detector_from_config(model_config(backbone, num_classes, **overrides))
+
+
+def build_detector_from_config(config: Mapping[str, Any]) -> FasterRCNN:
+    """Rebuilds a model from a dict made by ``model_config`` (e.g. the one stored in a checkpoint)."""
+    return make_faster_rcnn(**config)
+
+
+def backbone_state_from_torchvision(backbone: str, state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Maps a torchvision classification state dict (e.g. ImageNet VGG16) onto ``model.backbone``.
+
+    The classifier's weights (``classifier.*`` / ``fc.*``) are left out; they have no place in the detector.
+    """
+    if backbone == "vgg16":
+        prefix = "features."
+        return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if backbone == "resnet50":
+        return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    raise ValueError(f"backbone {backbone!r} has no torchvision weights format")
+
+
+def _make_backbone(name: str) -> tuple[nn.Module, int]:
+    if name == "vgg16":
+        # The conv layers without the last max-pool: stride 16, as in the original Faster R-CNN.
+        body = vgg16(weights=None).features[:-1]
+        out_channels = 512
+    elif name == "resnet50":
+        # Frozen batch norm, as torchvision's detection models: batches of 1-2 images per GPU give
+        # useless batch statistics.
+        net = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+        body = nn.Sequential(
+            OrderedDict((n, getattr(net, n)) for n in
+                        ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"))
+        )
+        out_channels = 2048
+    elif name == "demo":
+        body, out_channels = _demo_trunk(), 128
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    body.out_channels = out_channels
+    return body, out_channels
+
+
+def _demo_trunk() -> nn.Sequential:
+    """Six 3x3 conv-BN-ReLU layers; three of them halve the size: one 128-channel map at stride 8."""
+    layers: list[nn.Module] = []
+    widths = [(3, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1)]
+    for c_in, c_out, stride in widths:
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+def _init_normal(modules, *, std: float) -> None:
+    for module in modules:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            nn.init.zeros_(module.bias)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists so the config is a plain, JSON-able value that ``weights_only`` loads."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
