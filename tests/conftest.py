@@ -1,0 +1,62 @@
+"""Session fixtures: a generated data set and real checkpoints written by the real training CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from handler.checkpoint import checkpoint_name, save_checkpoint
+from handler.detector import model_config, build_detector_from_config
+from training.synthetic import CLASS_NAMES, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The demo recipe (see README): what `make demo-model` runs, shortened to fit the test budget.
+DEMO_TRAIN_ARGS = ["--backbone", "demo", "--batch-size", "8", "--lr", "0.02", "--warmup-iters", "50",
+                   "--workers", "0", "--no-progress"]
+TEST_TRAIN_IMAGES = 480
+TEST_EPOCHS = 4
+
+
+def run_module(module: str, *args: str, timeout: float = 900, env: dict | None = None):
+    """Runs ``python -m module args`` from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """A generated data set: 480 train, 20 val and 40 test images of the 22 classes (VOC and COCO)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    return write_dataset(root, counts={"train": TEST_TRAIN_IMAGES, "val": 20, "test": 40}, seed=0)
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """An Epoch.0.pth of a randomly initialised demo model with the 22 synthetic classes."""
+    config = model_config("demo", len(CLASS_NAMES) + 1)
+    path = tmp_path_factory.mktemp("untrained") / checkpoint_name(0)
+    return save_checkpoint(path, model=build_detector_from_config(config), model_config=config,
+                           class_names=CLASS_NAMES, epoch=0)
+
+
+@pytest.fixture(scope="session")
+def training_run(synthetic_data, tmp_path_factory) -> Path:
+    """The output folder of the real training CLI run on the generated data (a few minutes)."""
+    output = tmp_path_factory.mktemp("training_run")
+    result = run_module("training.train", "--data", synthetic_data, "--epochs", TEST_EPOCHS,
+                        "--output-dir", output, *DEMO_TRAIN_ARGS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(training_run) -> Path:
+    """The last Epoch.N.pth of ``training_run``: a demo model that finds the generated shapes."""
+    return training_run / checkpoint_name(TEST_EPOCHS)

@@ -1,0 +1,62 @@
+"""Scores a checkpoint on a data set: AP@0.5 per class, mAP@0.5 and COCO mAP@[.5:.95].
+
+    python -m training.evaluate model/Epoch.20.pth data/synthetic --split test --output metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from handler.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.datasets import DatasetError, open_dataset
+from training.engine import evaluate, format_metrics_table
+from training.utils import collate_as_lists
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="an Epoch.N.pth written by training.train")
+    parser.add_argument("data", help="VOC folder (VOCdevkit or images/+annotations/) or COCO json")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--output", default=None, help="JSON file for the metrics (default: print only)")
+    parser.add_argument("-b", "--batch-size", type=int, default=4)
+    parser.add_argument("-j", "--workers", type=int, default=2)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    return parser
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict:
+    state = load_checkpoint(args.checkpoint)
+    dataset = open_dataset(args.data, args.split, class_names=state["class_names"], include_difficult=True)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=collate_as_lists)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model_from_checkpoint(state).to(device)
+    metrics = evaluate(model, loader, device, state["class_names"], show_progress=True)
+    metrics.update(checkpoint=str(args.checkpoint), data=str(args.data), split=args.split, images=len(dataset))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        metrics = evaluate_checkpoint(args)
+    except (CheckpointError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_metrics_table(metrics))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Trains the tagger's Faster R-CNN and writes ``Epoch.N.pth`` after every epoch.
+
+    python -m training.train --data data/synthetic --backbone vgg16 --epochs 20 --output-dir model
+    torchrun --nproc_per_node 4 -m training.train --data /data/VOCdevkit/VOC2007 --backbone resnet50 ...
+
+Seed defaults: SGD(lr=0.001, momentum=0.9, weight_decay=0.0005), CosineAnnealingLR(T_max=epochs,
+eta_min=1e-5). Each epoch ends with mAP on the validation split, logged to ``OUTPUT_DIR/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from handler.checkpoint import (CheckpointError, checkpoint_name, load_checkpoint, model_from_checkpoint,
+                                save_checkpoint)
+from handler.detector import BACKBONES, backbone_state_from_torchvision, build_detector_from_config, model_config
+from training import utils
+from training.datasets import DatasetError, open_dataset
+from training.engine import NonFiniteLossError, evaluate, format_metrics_table, train_one_epoch
+from training.presets import train_transforms
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="VOC folder (VOCdevkit or images/+annotations/) or COCO json")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--val-split", default="val", help="split evaluated after each epoch ('' to skip)")
+    parser.add_argument("--classes", default=None, help="comma-separated class names: fixes their order")
+    parser.add_argument("--backbone", default="vgg16", help=f"one of {', '.join(BACKBONES)}")
+    parser.add_argument("--backbone-weights", default=None,
+                        help="local torchvision state dict for the backbone (e.g. ImageNet VGG16)")
+    parser.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one model setting, e.g. min_size=600 (JSON values); repeatable")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("-b", "--batch-size", type=int, default=2, help="images per process")
+    parser.add_argument("-j", "--workers", type=int, default=2, help="data loading workers per process")
+    parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=0.0005)
+    parser.add_argument("--eta-min", type=float, default=0.00001, help="CosineAnnealingLR's final LR")
+    parser.add_argument("--warmup-iters", type=int, default=0, help="linear LR warm-up in the first epoch")
+    parser.add_argument("--hflip-prob", type=float, default=0.5)
+    parser.add_argument("--no-aspect-ratio-group", dest="aspect_ratio_group", action="store_false",
+                        help="do not batch landscape and portrait images apart")
+    parser.add_argument("--max-steps-per-epoch", type=int, default=None)
+    parser.add_argument("--output-dir", default="model", help="where Epoch.N.pth and log.jsonl go")
+    parser.add_argument("--resume", default=None, help="Epoch.N.pth to continue from (at epoch N+1)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--model-override needs KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def load_backbone_weights(model: torch.nn.Module, backbone: str, path: str) -> None:
+    """Loads a local torchvision classification state dict into ``model.backbone``."""
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        model.backbone.load_state_dict(backbone_state_from_torchvision(backbone, weights))
+    except Exception as exc:  # unreadable file or keys/shapes of another network
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load {path} into the {backbone} backbone: {first_line}") from None
+
+
+def build_loaders(args, class_names, distributed: bool):
+    train_set = open_dataset(args.data, args.train_split, class_names=class_names,
+                             transforms=train_transforms(hflip_prob=args.hflip_prob))
+    sampler = DistributedSampler(train_set, seed=args.seed) if distributed else RandomSampler(train_set)
+    if args.aspect_ratio_group:
+        groups = utils.aspect_ratio_groups([train_set.image_size(i) for i in range(len(train_set))])
+        batch_sampler = utils.GroupedBatchSampler(sampler, groups, args.batch_size)
+    else:
+        batch_sampler = torch.utils.data.BatchSampler(sampler, args.batch_size, drop_last=False)
+    train_loader = DataLoader(train_set, batch_sampler=batch_sampler, num_workers=args.workers,
+                              collate_fn=utils.collate_as_lists, persistent_workers=args.workers > 0)
+    val_loader = None
+    if args.val_split:
+        val_set = open_dataset(args.data, args.val_split, class_names=train_set.class_names,
+                               include_difficult=True)
+        val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=SequentialSampler(val_set),
+                                num_workers=args.workers, collate_fn=utils.collate_as_lists)
+    return train_set, sampler, train_loader, val_loader
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Runs the whole training; returns the last epoch's log record."""
+    rank, world, local_rank = utils.init_distributed()
+    distributed = world > 1
+    device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    utils.seed_everything(args.seed + rank)
+    class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
+
+    resumed = load_checkpoint(args.resume) if args.resume else None
+    if resumed:
+        class_names = resumed["class_names"]
+    train_set, sampler, train_loader, val_loader = build_loaders(args, class_names, distributed)
+    class_names = train_set.class_names
+
+    if resumed:
+        config = resumed["model_config"]
+        model = model_from_checkpoint(resumed)
+    else:
+        config = model_config(args.backbone, len(class_names) + 1, **parse_overrides(args.model_override))
+        model = build_detector_from_config(config)
+        if args.backbone_weights:
+            load_backbone_weights(model, args.backbone, args.backbone_weights)
+    model.to(device)
+    model_without_ddp = model
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.eta_min)
+    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
+    start_epoch = 1
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        lr_scheduler.load_state_dict(resumed["lr_scheduler"])
+        start_epoch = resumed["epoch"] + 1
+
+    output_dir = Path(args.output_dir)
+    main = utils.is_main_process()
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        print(f"training {config['backbone']} on {len(train_set)} images of {len(class_names)} classes "
+              f"({world} process{'es' if world > 1 else ''}, {device}), epochs {start_epoch}..{args.epochs}")
+    record: dict = {}
+    for epoch in range(start_epoch, args.epochs + 1):
+        if distributed:
+            sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        losses = train_one_epoch(
+            model, optimizer, train_loader, device, epoch,
+            warmup_iters=args.warmup_iters if epoch == 1 else 0, scaler=scaler,
+            max_steps=args.max_steps_per_epoch, show_progress=args.progress and main)
+        lr_scheduler.step()
+        record = {"epoch": epoch, **utils.reduce_mean(losses), "train_seconds": time.perf_counter() - started}
+        if main:
+            if val_loader is not None:
+                metrics = evaluate(model_without_ddp, val_loader, device, class_names)
+                record.update(map50=metrics["map50"], map=metrics["map"])
+                print(format_metrics_table(metrics))
+            path = save_checkpoint(
+                output_dir / checkpoint_name(epoch), model=model_without_ddp, model_config=config,
+                class_names=class_names, epoch=epoch, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                args=vars(args))
+            with open(output_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+            print(f"epoch {epoch}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
+                  + (f", mAP@0.5 {record['map50']:.3f}" if "map50" in record else "") + f" -> {path}")
+        utils.barrier()
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        if args.resume is None and args.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {args.backbone!r}; choose one of: {', '.join(BACKBONES)}")
+        if args.backbone_weights and not Path(args.backbone_weights).is_file():
+            raise ValueError(f"backbone weights not found: {args.backbone_weights}")
+        train(args)
+    except (DatasetError, CheckpointError, NonFiniteLossError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
