@@ -1,0 +1,230 @@
+"""Image bytes to an upright RGB picture: identified by content, size-checked before decoding, any mode.
+
+Used by the TorchServe handler (so it is packed into the model archive and imports only torch, torchvision,
+Pillow and numpy) and by the training data sets, so a photo is seen the same way in training and in serving.
+
+Each failure is an ``ImageError`` carrying the HTTP status and the short error code a handler answers with.
+Truncated files fail: this module relies on Pillow's default ``ImageFile.LOAD_TRUNCATED_IMAGES = False``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+# Pillow formats we decode ("JPEG" also opens multi-picture MPO files: their first picture). Everything else
+# Pillow knows (PSD, EPS, TGA, JPEG 2000, AVIF, ...) is refused with 415 so that serving behaves the same
+# whatever optional codecs the machine happens to have.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
+
+# Formats Pillow cannot open but that clients plausibly send: recognised so they get 415, not 400.
+_FOREIGN_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"%PDF-", "PDF"),
+    (0, b"%!PS", "PostScript"),
+    (0, b"\xff\x0a", "JPEG XL"),
+    (4, b"JXL ", "JPEG XL"),
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"),
+    (4, b"ftyphevc", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypmsf1", "HEIF"),
+    (4, b"ftypavif", "AVIF"),
+    (0, b"PK\x03\x04", "ZIP"),
+    (0, b"\x1f\x8b", "gzip"),
+)
+
+_WHITE = (255, 255, 255)
+_UINT16_MAX = 65535
+
+
+class ImageError(ValueError):
+    """An upload that cannot become an image; ``status`` is the HTTP status, ``error`` a short code."""
+
+    status: int = 400
+    error: str = "bad_image"
+
+
+class EmptyImageError(ImageError):
+    status = 400
+    error = "empty"
+
+
+class NotAnImageError(ImageError):
+    """Unreadable, truncated, corrupt, or not image data at all."""
+
+    status = 400
+    error = "not_an_image"
+
+
+class UnsupportedImageFormatError(ImageError):
+    """A recognised file format (or colour mode) that this service does not accept."""
+
+    status = 415
+    error = "unsupported_format"
+
+
+class TooManyPixelsError(ImageError):
+    status = 413
+    error = "too_many_pixels"
+
+
+def decode_image(data: bytes | bytearray, *, max_pixels: int | None = None) -> Image.Image:
+    """Decodes image bytes into an upright RGB image (EXIF orientation applied, first frame of animations).
+
+    Args:
+        data: the encoded file; its format is read from the content, never from a name.
+        max_pixels: refuse images whose width*height (read from the header, before decoding) exceeds this.
+            Pillow's own safety limit (2 * ``Image.MAX_IMAGE_PIXELS``) applies too, with the same error.
+
+    Raises:
+        EmptyImageError, NotAnImageError, UnsupportedImageFormatError, TooManyPixelsError.
+    """
+    if not data:
+        raise EmptyImageError("the image is empty (0 bytes)")
+    image = _open(io.BytesIO(data), max_pixels=max_pixels)
+    try:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+        raise NotAnImageError(
+            f"the {image.format} image is corrupt or truncated and cannot be decoded ({exc})"
+        ) from None
+    return _to_rgb(upright)
+
+
+def load_image_file(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+    """Reads an image file and decodes it by content (a PNG named .jpg works); see ``decode_image``.
+
+    Args:
+        path: the image file.
+        max_pixels: as in ``decode_image``.
+    """
+    with open(path, "rb") as file:
+        return decode_image(file.read(), max_pixels=max_pixels)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Returns (width, height) of an image file as ``decode_image`` would return it, reading only the header.
+
+    EXIF orientations 5 to 8 swap width and height, as they do after decoding.
+
+    Args:
+        path: the image file.
+
+    Raises:
+        EmptyImageError, NotAnImageError, UnsupportedImageFormatError: as ``decode_image`` would.
+    """
+    with open(path, "rb") as file:
+        if not file.read(1):
+            raise EmptyImageError("the image is empty (0 bytes)")
+        file.seek(0)
+        image = _open(file, max_pixels=None)
+        width, height = image.size
+        if _exif_orientation(image) in (5, 6, 7, 8):
+            return height, width
+        return width, height
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """Converts a picture to a float tensor [3, H, W] with values in 0..1 (other modes converted to RGB first).
+
+    Args:
+        image: a Pillow image, usually from ``decode_image``.
+    """
+    return TF.to_tensor(_to_rgb(image))
+
+
+def _open(source: BinaryIO, *, max_pixels: int | None) -> Image.Image:
+    """Identifies the format from the content and checks the pixel count; decodes no pixels."""
+    try:
+        image = Image.open(source, formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError:
+        raise TooManyPixelsError(
+            f"the image has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (the decoder's safety limit)"
+        ) from None
+    except UnidentifiedImageError:
+        foreign = _identify_foreign_format(source)
+        if foreign is not None:
+            raise UnsupportedImageFormatError(
+                f"{foreign} files are not supported; send one of: {', '.join(ACCEPTED_FORMATS)}"
+            ) from None
+        raise NotAnImageError(
+            f"the data is not a readable image (supported formats: {', '.join(ACCEPTED_FORMATS)})"
+        ) from None
+    except (OSError, EOFError) as exc:  # the header of a known format ends early or is damaged
+        raise NotAnImageError(f"the image header is truncated or corrupt ({exc})") from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise TooManyPixelsError(
+            f"the image is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}"
+        )
+    return image
+
+
+def _identify_foreign_format(source: BinaryIO) -> str | None:
+    """Names a format we do not accept found in the data: known signatures first, then Pillow's other formats."""
+    source.seek(0)
+    head = source.read(1024)
+    for offset, signature, name in _FOREIGN_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return name
+    if _looks_like_svg(head):
+        return "SVG"
+    # Only plugins that check a signature: the others (TGA, ...) would claim random bytes.
+    Image.init()
+    signed = [name for name, (_, accept) in Image.OPEN.items() if accept is not None]
+    source.seek(0)
+    try:
+        with Image.open(source, formats=signed) as image:
+            return image.format
+    except Exception:  # not identified by any plugin, or a plugin failed on the header: not an image to us
+        return None
+
+
+def _looks_like_svg(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text)
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    # A PNG's getexif() decodes the pixels to look for an eXIf chunk after the image data; reading only the
+    # header, such a (rare) PNG counts as unrotated.
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if isinstance(orientation, int) else 1
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Converts any Pillow mode to RGB: transparency composited on white, high bit depths scaled to 8 bits."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grayscale (PNG/TIFF; older Pillow opens it as "I"): 0..65535 maps to 0..255.
+        values = np.asarray(image, dtype=np.float64) * (255.0 / _UINT16_MAX)
+        return _gray_to_rgb(values)
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        # Floating-point images are usually normalised to 0..1; anything larger is taken as 0..255 already.
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+        return _gray_to_rgb(values)
+    try:
+        if "A" in image.mode or "a" in image.mode or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError:
+        raise UnsupportedImageFormatError(f"images in colour mode {image.mode} are not supported") from None
+
+
+def _gray_to_rgb(values: np.ndarray) -> Image.Image:
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
