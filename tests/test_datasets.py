@@ -23,7 +23,7 @@ from training.datasets import (
 )
 from training.presets import RandomHorizontalFlip
 
-RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
+RACCOON = Path(__file__).resolve().parent / "data" / "raccoon"  # a copy of shared/datasets/raccoon
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
