@@ -71,10 +71,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many kinds (pickle, zip, EOF) for a damaged file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(
             f"{path} is not a tagger checkpoint (needs the keys {', '.join(REQUIRED_KEYS)})"
+        )
+    names = state["class_names"]
+    if not isinstance(state["model_config"], dict) or not (
+        isinstance(names, list) and all(isinstance(name, str) for name in names)
+    ):
+        raise CheckpointError(
+            f"{path} is not a tagger checkpoint (model_config must be a dict, class_names a list of names)"
         )
     expected = len(state["class_names"]) + 1
     if state["model_config"].get("num_classes") != expected:
@@ -100,9 +107,19 @@ def newest_checkpoint(folder: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _load_failure(exc: Exception) -> str:
+    """One line on why torch.load failed (torch's own weights-only message is several paragraphs)."""
+    if "Weights only load failed" in str(exc):
+        return "it holds Python objects, not only tensors and plain values (e.g. a whole pickled model)"
+    first_line = str(exc).strip().split("\n")[0]
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
 def _plain_arg(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {k: _plain_arg(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain_arg(v) for v in value]
     return value

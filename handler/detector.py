@@ -143,9 +143,7 @@ def model_config(backbone: str = "vgg16", num_classes: int = 23, **overrides: An
     defaults = {
         name: p.default for name, p in inspect.signature(make_faster_rcnn).parameters.items()
     }
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
+    _refuse_unknown_settings(overrides)
     config = {**defaults, **PRESETS[backbone], **overrides, "backbone": backbone, "num_classes": num_classes}
     return {name: _plain(value) for name, value in config.items()}
 
@@ -156,8 +154,19 @@ def build_detector(backbone: str = "vgg16", num_classes: int = 23, **overrides: 
 
 
 def build_detector_from_config(config: Mapping[str, Any]) -> FasterRCNN:
-    """Rebuilds a model from a dict made by ``model_config`` (e.g. the one stored in a checkpoint)."""
+    """Rebuilds a model from a dict made by ``model_config`` (e.g. the one stored in a checkpoint).
+
+    Raises:
+        ValueError: for a setting this version does not know (e.g. from a newer version's checkpoint).
+    """
+    _refuse_unknown_settings(config)
     return make_faster_rcnn(**config)
+
+
+def _refuse_unknown_settings(settings: Mapping[str, Any]) -> None:
+    unknown = sorted(set(settings) - set(inspect.signature(make_faster_rcnn).parameters))
+    if unknown:
+        raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
 
 
 def backbone_state_from_torchvision(backbone: str, state_dict: Mapping[str, torch.Tensor]) -> dict:

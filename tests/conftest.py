@@ -11,13 +11,13 @@ import pytest
 
 from handler.checkpoint import checkpoint_name, save_checkpoint
 from handler.detector import model_config, build_detector_from_config
+from training.demo import DEMO_RECIPE
 from training.synthetic import CLASS_NAMES, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The demo recipe (see README): what `make demo-model` runs, shortened to fit the test budget.
-DEMO_TRAIN_ARGS = ["--backbone", "demo", "--batch-size", "8", "--lr", "0.02", "--warmup-iters", "50",
-                   "--workers", "0", "--no-progress"]
+# The demo recipe of `make demo-model`, on fewer images and epochs to fit the test budget.
+DEMO_TRAIN_ARGS = [*DEMO_RECIPE, "--workers", "0", "--no-progress"]
 TEST_TRAIN_IMAGES = 480
 TEST_EPOCHS = 4
 

@@ -166,7 +166,6 @@ def test_a_folder_is_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="load_checkpoint passes torch's multi-paragraph weights_only error on")
 def test_a_pickled_whole_model_is_refused_in_one_line(tmp_path):
     path = tmp_path / "Epoch.7.pth"
     torch.save(build_detector_from_config(model_config("demo")), path)
@@ -175,7 +174,6 @@ def test_a_pickled_whole_model_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="load_checkpoint does not check the types of model_config/class_names")
 @pytest.mark.parametrize(
     "wrong", [{"model_config": ["demo"]}, {"class_names": 22}], ids=["config-is-a-list", "class-names-is-a-number"]
 )
@@ -187,7 +185,6 @@ def test_wrong_typed_fields_are_refused_as_checkpoint_errors(wrong, tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.xfail(strict=True, reason="save_checkpoint makes Paths plain only at the top level of args")
 def test_nested_path_arguments_still_give_a_loadable_checkpoint(tmp_path):
     config = model_config("demo", 3)
     path = save_checkpoint(tmp_path / "Epoch.1.pth", model=build_detector_from_config(config), model_config=config,

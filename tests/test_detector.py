@@ -378,7 +378,6 @@ def test_unknown_backbone_is_refused_with_the_choices(backbone):
         build_detector_from_config({"backbone": backbone})
 
 
-@pytest.mark.xfail(strict=True, reason="build_detector_from_config passes unknown keys on to make_faster_rcnn")
 def test_a_config_with_an_unknown_setting_is_refused_by_name():
     # E.g. a checkpoint written by a newer version: a ValueError names the setting (not a TypeError).
     config = {**model_config("demo"), "rpn_conv_depth": 2}

@@ -32,7 +32,8 @@ COLORS = {
 }
 
 # Each shape comes in two colours chosen far apart, so every class differs from the others in shape or hue.
-CLASS_SPECS: list[tuple[str, str]] = [
+# Sorted by name, the order a VOC reader gives them, so label numbers agree whichever form is read.
+CLASS_SPECS: list[tuple[str, str]] = sorted([
     ("red", "circle"), ("blue", "circle"),
     ("green", "square"), ("orange", "square"),
     ("yellow", "triangle"), ("purple", "triangle"),
@@ -44,7 +45,7 @@ CLASS_SPECS: list[tuple[str, str]] = [
     ("red", "heart"), ("pink", "heart"),
     ("blue", "arrow"), ("orange", "arrow"),
     ("yellow", "moon"), ("purple", "moon"),
-]
+], key=lambda spec: " ".join(spec))
 CLASS_NAMES: list[str] = [f"{color} {shape}" for color, shape in CLASS_SPECS]
 SPLITS = ("train", "val", "test")
 
