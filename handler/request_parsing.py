@@ -1,0 +1,191 @@
+"""Turns one TorchServe request row and its headers into the image bytes and the tagging options.
+
+TorchServe hands a handler one dict per request (see ``shared/TORCHSERVE-NOTES.md``): a raw body is
+``row["body"]`` (``bytearray`` for image/octet-stream bodies, a parsed value for JSON, ``str`` for text), every
+multipart field is a key of its own, and a body sent without a Content-Type may arrive as an empty row. Headers
+come with the client's capitalisation, so they are looked up case-insensitively. Nothing here knows torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+RESPONSE_FORMATS = ("dict", "list")
+FORMAT_FIELD = "format"
+THRESHOLD_FIELD = "threshold"
+JSON_IMAGE_FIELD = "data"
+FORMAT_HEADER = "X-Tag-Format"
+THRESHOLD_HEADER = "X-Score-Threshold"
+
+UPLOAD_STYLES = (
+    "send the image as a multipart file (curl -F data=@photo.jpg), as the raw body (curl -T photo.jpg, "
+    "or curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg'), or as JSON {\"data\": \"<base64>\"} "
+    "with -H 'Content-Type: application/json'"
+)
+
+
+class RequestError(ValueError):
+    """A request the tagger cannot answer; ``status`` is its HTTP status, ``error`` a short code."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    """How one request wants its answer: ``response_format`` is "dict" or "list"."""
+
+    response_format: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class TagRequest:
+    image: bytes
+    options: TagOptions
+
+
+def parse_request(row: Any, headers: Mapping[str, Any], *, defaults: TagOptions) -> TagRequest:
+    """Finds the one image of a request and its options (body fields first, then headers, then defaults).
+
+    Args:
+        row: one element of the list TorchServe passes to the handler.
+        headers: that request's headers (``context.get_all_request_header(idx)``); TorchServe puts each
+            body part's own Content-Type there too, as ``{part_name: {"content-type": ...}}``.
+        defaults: the options of a request that names none.
+
+    Raises:
+        RequestError: 400 no image, two images, broken JSON or base64; 422 a bad format or threshold.
+    """
+    if not isinstance(row, Mapping):
+        raise RequestError(400, "no_image", f"the request holds no image: {UPLOAD_STYLES}")
+    images: dict[str, bytes] = {}
+    fields: dict[str, Any] = {}
+    text_parts: list[str] = []
+    for name, value in row.items():
+        if isinstance(value, (bytes, bytearray)) and _part_content_type(headers, name).startswith("application/json"):
+            value = _json_part(name, value)
+        if str(name).lower() in (FORMAT_FIELD, THRESHOLD_FIELD):
+            fields[str(name).lower()] = value
+        elif isinstance(value, Mapping):
+            fields.update({k: value[k] for k in (FORMAT_FIELD, THRESHOLD_FIELD) if k in value})
+            images[name] = _image_from_json(value)
+        elif isinstance(value, (bytes, bytearray)):
+            images[name] = bytes(value)
+        elif isinstance(value, str):
+            text_parts.append(name)
+        else:
+            raise RequestError(
+                400, "bad_json", f'a JSON body must be an object such as {{"data": "<base64>"}}, not {_show(value)}'
+            )
+    if not images:
+        received = f" (the text part(s) {', '.join(map(repr, text_parts))} are not images)" if text_parts else ""
+        raise RequestError(400, "no_image", f"the request holds no image{received}: {UPLOAD_STYLES}")
+    if len(images) > 1:
+        raise RequestError(
+            400, "too_many_images", f"send one image per request, got the parts {', '.join(map(repr, images))}"
+        )
+    response_format = fields.get(FORMAT_FIELD, header_value(headers, FORMAT_HEADER))
+    threshold = fields.get(THRESHOLD_FIELD, header_value(headers, THRESHOLD_HEADER))
+    options = TagOptions(
+        response_format=defaults.response_format if response_format is None else parse_format(response_format),
+        threshold=defaults.threshold if threshold is None else parse_threshold(threshold),
+    )
+    return TagRequest(image=next(iter(images.values())), options=options)
+
+
+def parse_format(value: Any) -> str:
+    """A response format name ("dict" or "list", any case, text or bytes).
+
+    Raises:
+        RequestError: 422 for anything else.
+    """
+    text = _text(value, FORMAT_FIELD).strip().lower()
+    if text not in RESPONSE_FORMATS:
+        raise RequestError(
+            422, "bad_parameter", f"format must be one of {', '.join(RESPONSE_FORMATS)}, got {_show(value)}"
+        )
+    return text
+
+
+def parse_threshold(value: Any) -> float:
+    """A score threshold: a number (or its text) between 0 and 1.
+
+    Raises:
+        RequestError: 422 for anything else.
+    """
+    problem = RequestError(422, "bad_parameter", f"threshold must be a number from 0 to 1, got {_show(value)}")
+    if isinstance(value, bool):
+        raise problem
+    try:
+        threshold = float(value) if isinstance(value, (int, float)) else float(_text(value, THRESHOLD_FIELD))
+    except ValueError:
+        raise problem from None
+    if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise problem
+    return threshold
+
+
+def header_value(headers: Mapping[str, Any], name: str) -> str | None:
+    """The value of request header ``name``, matched case-insensitively, or None."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if isinstance(value, str) and str(key).lower() == wanted:
+            return value
+    return None
+
+
+def _image_from_json(body: Mapping[str, Any]) -> bytes:
+    encoded = body.get(JSON_IMAGE_FIELD)
+    if not isinstance(encoded, str):
+        raise RequestError(
+            400, "no_image", f'a JSON body needs a "{JSON_IMAGE_FIELD}" field holding the base64 image: {UPLOAD_STYLES}'
+        )
+    if encoded.startswith("data:") and "," in encoded:  # a data URL: data:image/jpeg;base64,...
+        encoded = encoded.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(encoded.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(
+            400, "bad_base64", f'the JSON "{JSON_IMAGE_FIELD}" field is not valid base64'
+        ) from None
+
+
+def _json_part(name: str, value: bytes | bytearray) -> Any:
+    """TorchServe parses only ``application/json`` exactly; a charset parameter or broken JSON leaves bytes."""
+    try:
+        return json.loads(bytes(value).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RequestError(400, "bad_json", f"the {name!r} part says it is JSON but is not valid JSON") from None
+
+
+def _part_content_type(headers: Mapping[str, Any], part_name: str) -> str:
+    part = headers.get(part_name)
+    content_type = part.get("content-type") if isinstance(part, Mapping) else None
+    return content_type.lower() if isinstance(content_type, str) else ""
+
+
+def _text(value: Any, field: str) -> str:
+    """A multipart field without a filename arrives as bytes: read it as UTF-8 text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(422, "bad_parameter", f"{field} must be UTF-8 text") from None
+    raise RequestError(422, "bad_parameter", f"{field} must be text, got {_show(value)}")
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."

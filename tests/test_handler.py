@@ -1,0 +1,410 @@
+"""The TorchServe handler without a server, driven through TorchServe's own Python worker code.
+
+Requests are encoded in the frame the Java front end sends to the worker and decoded by TorchServe's
+``retrieve_msg``; ``ts.service.Service.predict`` runs the handler and encodes the answers (statuses, JSON bodies)
+as the worker does, and the tests read them back. Checkpoints are real files written by ``save_checkpoint``
+or by the training CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import ts
+import yaml
+from PIL import Image
+from torchvision.ops import box_iou
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.protocol.otf_message_handler import retrieve_msg
+from ts.service import Service
+from ts.utils.util import list_classes_from_module
+
+import handler.tagger_handler as tagger_handler_module
+from handler.checkpoint import save_checkpoint
+from handler.detector import build_detector_from_config, model_config
+from handler.tagger_handler import TaggerHandler
+from scripts.make_archive import build_archive
+from training.synthetic import CLASS_NAMES, render_image
+
+METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
+END_OF_LIST = struct.pack("!i", -1)
+# Answers of the untrained model keep every box (box_score_thresh 0) with scores near 1/23: a request that
+# asks for threshold 0 gets boxes, the default threshold of 0.5 gets none.
+LOW = {"X-Score-Threshold": "0"}
+
+
+@dataclass
+class Upload:
+    """One HTTP request as the front end forwards it: (part name, content type, bytes) parts and headers."""
+
+    parts: list[tuple[str, str, bytes]]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    status: int
+    phrase: str
+    content_type: str
+    body: object
+
+
+def multipart(image: bytes, name: str = "data", headers: dict | None = None, **form: str) -> Upload:
+    # A form field without a filename reaches the worker with no content type, as bytes.
+    fields = [(key, "", value.encode()) for key, value in form.items()]
+    return Upload([(name, "image/jpeg", image), *fields], dict(headers or {}))
+
+
+def raw(image: bytes, content_type: str = "image/jpeg", headers: dict | None = None) -> Upload:
+    return Upload([("body", content_type, image)], dict(headers or {}))
+
+
+def json_upload(body: object, headers: dict | None = None) -> Upload:
+    return Upload([("body", "application/json", json.dumps(body).encode())], dict(headers or {}))
+
+
+def predict_frame(uploads: list[Upload]) -> bytes:
+    """A batch in the worker protocol (``ts/protocol/otf_message_handler.py``: command I, requests, -1)."""
+
+    def sized(data: bytes) -> bytes:
+        return struct.pack("!i", len(data)) + data
+
+    frame = b"I"
+    for n, upload in enumerate(uploads):
+        frame += sized(f"request-{n}".encode())
+        frame += b"".join(sized(k.encode()) + sized(v.encode()) for k, v in upload.headers.items()) + END_OF_LIST
+        frame += b"".join(sized(n.encode()) + sized(t.encode()) + sized(v) for n, t, v in upload.parts)
+        frame += END_OF_LIST
+    return frame + END_OF_LIST
+
+
+class FrameReader:
+    """The worker's socket, reading from a prepared frame."""
+
+    def __init__(self, frame: bytes) -> None:
+        self._stream = io.BytesIO(frame)
+
+    def recv(self, size: int) -> bytes:
+        return self._stream.read(size)
+
+
+def read_replies(message: bytes) -> list[Reply]:
+    """Decodes ``create_predict_response``: batch code and message, then per request id, content type,
+    status, reason phrase, headers and body."""
+    stream = io.BytesIO(message)
+
+    def number() -> int:
+        return struct.unpack("!i", stream.read(4))[0]
+
+    def chunk() -> bytes:
+        return stream.read(number())
+
+    assert number() == 200, "the batch as a whole must succeed"
+    chunk()
+    replies = []
+    while (length := number()) != -1:
+        stream.read(length)
+        content_type, status, phrase = chunk().decode(), number(), chunk().decode()
+        for _ in range(number()):
+            chunk(), chunk()
+        replies.append(Reply(status, phrase, content_type, json.loads(chunk())))
+    return replies
+
+
+def serve(checkpoint: Path, folder: Path, handler_config: dict | None = None) -> Service:
+    """The handler loaded as TorchServe's model loader does it, in a model folder like an unpacked .mar."""
+    (folder / "MAR-INF").mkdir(parents=True)
+    shutil.copy(checkpoint, folder / checkpoint.name)
+    (folder / "model-config.yaml").write_text(yaml.safe_dump({"batchSize": 8, "handler": handler_config or {}}))
+    manifest = {"runtime": "python", "model": {"modelName": "tagger", "serializedFile": checkpoint.name,
+                                               "handler": "tagger_handler.py", "configFile": "model-config.yaml"}}
+    (folder / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+    handler = TaggerHandler()
+    metrics = MetricsCacheYamlImpl(str(METRICS_CONFIG))
+    metrics.model_name = "tagger"
+    service = Service("tagger", str(folder), manifest, handler.handle, None, 8, True, metrics)
+    handler.initialize(service.context)
+    service.set_cl_socket(None)
+    return service
+
+
+def ask(service: Service, uploads: list[Upload]) -> list[Reply]:
+    command, batch = retrieve_msg(FrameReader(predict_frame(uploads)))
+    assert command == b"I"
+    return read_replies(service.predict(batch))
+
+
+def encode(image: Image.Image, image_format: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def noise(width: int, height: int) -> bytes:
+    return encode(Image.effect_noise((width, height), 60).convert("RGB"))
+
+
+def boxes_inside(detections: list[dict], width: int, height: int) -> bool:
+    return all(0 <= d["box"][0] < d["box"][2] <= width and 0 <= d["box"][1] < d["box"][3] <= height
+               for d in detections)
+
+
+@pytest.fixture(scope="module")
+def eager_checkpoint(tmp_path_factory) -> Path:
+    """An untrained demo model that keeps every box, so answers have detections to check."""
+    torch.manual_seed(0)
+    config = model_config("demo", len(CLASS_NAMES) + 1, box_score_thresh=0.0)
+    return save_checkpoint(tmp_path_factory.mktemp("eager") / "Epoch.0.pth", model=build_detector_from_config(config),
+                           model_config=config, class_names=CLASS_NAMES, epoch=0)
+
+
+@pytest.fixture(scope="module")
+def service(eager_checkpoint, tmp_path_factory) -> Service:
+    return serve(eager_checkpoint, tmp_path_factory.mktemp("model"), {"max_pixels": 1_000_000})
+
+
+def test_the_handler_file_defines_exactly_one_class():
+    # TorchServe's loader refuses a --handler file with more than one class.
+    assert list_classes_from_module(tagger_handler_module) == [TaggerHandler]
+
+
+def test_initialize_rebuilds_the_model_on_cpu(service):
+    handler = service._entry_point.__self__
+    assert handler.initialized and handler.device == torch.device("cpu")
+    assert not handler.tagger.model.training and handler.tagger.class_names == CLASS_NAMES
+    assert handler.settings.max_pixels == 1_000_000 and handler.settings.score_threshold == 0.5
+
+
+def test_every_upload_style(service):
+    image = noise(120, 90)
+    encoded = base64.b64encode(image).decode()
+    uploads = [
+        multipart(image, "data", LOW),  # curl -F data=@x.jpg
+        multipart(image, "file", LOW),  # curl -F file=@x.jpg
+        raw(image, "image/jpeg", LOW),  # curl --data-binary @x.jpg -H "Content-Type: image/jpeg"
+        raw(image, "application/octet-stream", LOW),  # curl -T x.jpg
+        json_upload({"data": encoded}, LOW),  # JSON base64
+    ]
+    replies = ask(service, uploads)
+    assert [r.status for r in replies] == [200] * 5
+    for reply in replies:
+        assert reply.content_type == "application/json"
+        assert set(reply.body) == {"tags", "detections", "width", "height"}
+        assert (reply.body["width"], reply.body["height"]) == (120, 90)
+        assert reply.body["detections"]
+        assert boxes_inside(reply.body["detections"], 120, 90)
+        assert reply.body["tags"] == list(dict.fromkeys(d["label"] for d in reply.body["detections"]))
+    # One image, one model: every style gets the same answer.
+    assert all(r.body == replies[0].body for r in replies)
+
+
+def test_response_formats_and_threshold_overrides(service):
+    image = noise(100, 100)
+    encoded = base64.b64encode(image).decode()
+    replies = ask(service, [
+        multipart(image),  # the configured defaults: dict, threshold 0.5
+        multipart(image, threshold="0"),
+        multipart(image, format="list", threshold="0"),
+        json_upload({"data": encoded, "format": "list", "threshold": 0}),
+        raw(image, headers={"x-tag-format": "LIST", "X-SCORE-THRESHOLD": "0"}),
+    ])
+    assert [r.status for r in replies] == [200] * 5
+    assert replies[0].body == {"tags": [], "detections": [], "width": 100, "height": 100}
+    every = replies[1].body["detections"]
+    tags = replies[2].body
+    assert isinstance(tags, list) and tags == replies[1].body["tags"] and set(tags) <= set(CLASS_NAMES)
+    assert replies[3].body == tags and replies[4].body == tags
+
+    scores = sorted(d["score"] for d in every)
+    middle = (scores[0] + scores[-1]) / 2
+    assert scores[0] < middle < scores[-1]
+    replies = ask(service, [
+        multipart(image, threshold=str(middle)),
+        json_upload({"data": encoded, "threshold": middle}),
+        raw(image, headers={"X-Score-Threshold": str(middle)}),
+    ])
+    for reply in replies:
+        some = reply.body["detections"]
+        assert 0 < len(some) < len(every) and all(d["score"] >= round(middle, 4) for d in some)
+        assert some == every[: len(some)]
+
+
+def test_max_detections_from_the_config(eager_checkpoint, tmp_path):
+    capped = serve(eager_checkpoint, tmp_path, {"max_detections": 7})
+    (reply,) = ask(capped, [raw(noise(90, 90), headers=LOW)])
+    assert len(reply.body["detections"]) == 7
+
+
+def test_a_row_without_an_image_explains_the_upload_styles(service):
+    # curl --data-binary without a Content-Type: TorchServe parses the body as a form, the row is empty.
+    (reply,) = ask(service, [Upload([])])
+    assert reply.status == 400 and reply.body["error"] == "no_image"
+    for style in ("-F data=@photo.jpg", "-T photo.jpg", "Content-Type: image/jpeg", "base64"):
+        assert style in reply.body["message"]
+    # The reason phrase is the message cut to one short line.
+    assert reply.phrase.startswith("the request holds no image") and len(reply.phrase) <= 200
+
+
+def test_each_error_status_in_one_batch(service):
+    good = noise(64, 48)
+    uploads = [
+        raw(good),
+        raw(b"", "application/octet-stream"),
+        raw(b"this is not an image at all", "application/octet-stream"),
+        raw(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n", "application/pdf"),
+        raw(encode(Image.new("RGB", (1200, 1000)), "PNG")),  # 1.2 million pixels, over max_pixels
+        raw(good, headers={"X-Score-Threshold": "high"}),
+        multipart(good, format="xml"),
+        Upload([("body", "application/json", b'{"data": ')]),
+        json_upload({"data": "%%% not base64 %%%"}),
+        json_upload(["a", "list"]),
+        Upload([("a", "image/jpeg", good), ("b", "image/jpeg", good)]),
+        raw(encode(Image.new("RGB", (30, 20), "blue"), "PNG"), "image/png"),
+    ]
+    replies = ask(service, uploads)
+    assert [(r.status, r.body.get("error") if isinstance(r.body, dict) else None) for r in replies] == [
+        (200, None), (400, "empty"), (400, "not_an_image"), (415, "unsupported_format"),
+        (413, "too_many_pixels"), (422, "bad_parameter"), (422, "bad_parameter"), (400, "bad_json"),
+        (400, "bad_base64"), (400, "bad_json"), (400, "too_many_images"), (200, None),
+    ]
+    for reply in replies:
+        assert reply.content_type == "application/json"
+        if reply.status != 200:
+            assert set(reply.body) == {"error", "message"} and reply.phrase == reply.body["message"]
+    assert (replies[0].body["width"], replies[0].body["height"]) == (64, 48)
+    assert (replies[-1].body["width"], replies[-1].body["height"]) == (30, 20)
+    assert "1,200,000" in replies[4].body["message"] and "1,000,000" in replies[4].body["message"]
+    assert "PDF" in replies[3].body["message"]
+
+
+def test_a_batch_of_different_sizes(service):
+    sizes = [(64, 48), (300, 120), (90, 250), (4000, 1), (1, 1500)]
+    replies = ask(service, [raw(noise(w, h), headers=LOW) for w, h in sizes])
+    assert [r.status for r in replies] == [200] * len(sizes)
+    for reply, (width, height) in zip(replies, sizes):
+        assert (reply.body["width"], reply.body["height"]) == (width, height)
+        assert boxes_inside(reply.body["detections"], width, height)
+    assert max(d["box"][2] for d in replies[1].body["detections"]) > 90  # in its own frame, not a shared one
+    assert replies[4].body["detections"], "the 1x1500 image keeps the boxes that overlap it"
+
+
+def test_exif_orientation_gives_the_rotated_frame(service):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to show
+    stored = encode(Image.effect_noise((200, 80), 60).convert("RGB"), exif=exif)
+    (reply,) = ask(service, [multipart(stored, headers=LOW)])
+    assert reply.status == 200
+    assert (reply.body["width"], reply.body["height"]) == (80, 200)
+    assert reply.body["detections"] and boxes_inside(reply.body["detections"], 80, 200)
+    assert max(d["box"][3] for d in reply.body["detections"]) > 80
+
+
+def test_metrics_per_batch(service, caplog):
+    caplog.set_level(logging.INFO, logger="ts.metrics.caching_metric")
+    replies = ask(service, [raw(noise(50, 40), headers=LOW), raw(b""), multipart(noise(60, 60), format="list")])
+    metrics = {}
+    for record in caplog.records:
+        if record.getMessage().startswith("[METRICS]Tagger"):
+            name, value = record.getMessage()[len("[METRICS]"):].split("|")[0].split(":")
+            metrics[name] = float(value)
+    assert set(metrics) == {"TaggerPreprocessTime.Milliseconds", "TaggerInferenceTime.Milliseconds",
+                            "TaggerPostprocessTime.Milliseconds", "TaggerImages.Count", "TaggerDetections.Count"}
+    assert metrics["TaggerImages.Count"] == 2
+    assert metrics["TaggerDetections.Count"] == len(replies[0].body["detections"]) > 0
+    assert metrics["TaggerInferenceTime.Milliseconds"] > 0
+
+
+def test_a_bad_handler_config_stops_the_load(eager_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="score_treshold"):
+        serve(eager_checkpoint, tmp_path, {"score_treshold": 0.3})
+
+
+def test_the_archive_loads_with_torchserve_outside_the_repository(eager_checkpoint, tmp_path):
+    """The .mar holds handler/ as a folder next to the entry file; TorchServe imports the entry file by its
+    module name with the model folder on the path, and its ``handler.…`` imports resolve there."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"handler": {"score_threshold": 0.0}}))
+    archive = build_archive(eager_checkpoint, output=tmp_path / "tagger.mar",
+                            model_config_file=tmp_path / "config.yaml")
+    model_dir = tmp_path / "tagger"
+    with zipfile.ZipFile(archive) as unpacked:  # TorchServe unpacks a .mar like this into its model folder
+        unpacked.extractall(model_dir)
+    assert (model_dir / "tagger_handler.py").is_file() and (model_dir / "handler" / "tagging.py").is_file()
+    script = (
+        "import json, sys, handler\n"
+        "from ts.context import RequestProcessor\n"
+        "from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl\n"
+        "from ts.model_loader import TsModelLoader\n"
+        "service = TsModelLoader().load('tagger', sys.argv[1], 'tagger_handler.py', None, 1,\n"
+        "                               metrics_cache=MetricsCacheYamlImpl(sys.argv[2]))\n"
+        "service.context.request_processor = [RequestProcessor({})]\n"
+        "answer = service._entry_point([{'body': bytearray(open(sys.argv[3], 'rb').read())}], service.context)\n"
+        "print(json.dumps({'package': handler.__file__, 'answer': answer}))\n"
+    )
+    image = tmp_path / "image.jpg"
+    image.write_bytes(noise(70, 50))
+    result = subprocess.run([sys.executable, "-c", script, model_dir, METRICS_CONFIG, image], cwd=model_dir,
+                            env={**os.environ, "PYTHONPATH": str(model_dir)}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(output["package"]).parent == model_dir / "handler"
+    (answer,) = output["answer"]
+    assert (answer["width"], answer["height"]) == (70, 50) and answer["detections"]
+
+
+# --- a trained model --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_service(trained_checkpoint, tmp_path_factory) -> Service:
+    return serve(trained_checkpoint, tmp_path_factory.mktemp("trained"))
+
+
+
+def test_trained_model_answers_a_batch_with_the_right_tags(trained_service):
+    scenes = [render_image(random.Random(3000 + n), width=w, height=h)
+              for n, (w, h) in enumerate([(320, 320), (400, 260), (260, 420), (320, 320)])]
+    uploads = [multipart(encode(image)) for image, _ in scenes]
+    uploads.insert(2, raw(b"garbage", "application/octet-stream"))
+    uploads.append(multipart(encode(scenes[0][0]), format="list"))
+    replies = ask(trained_service, uploads)
+    assert [r.status for r in replies] == [200, 200, 400, 200, 200, 200]
+    answers = [r.body for r in replies if r.status == 200]
+    right = total = wrong = 0
+    for (image, objects), answer in zip(scenes, answers):
+        assert (answer["width"], answer["height"]) == image.size
+        truth = {CLASS_NAMES[label] for label, _ in objects}
+        right, total = right + len(truth & set(answer["tags"])), total + len(truth)
+        wrong += len(set(answer["tags"]) - truth)
+    assert right / total >= 0.8 and wrong <= 0.2 * total, (right, total, wrong)
+    assert answers[-1] == answers[0]["tags"]
+
+
+def test_trained_boxes_in_the_exif_rotated_frame(trained_service):
+    image, objects = render_image(random.Random(4000), width=360, height=280)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the viewer rotates the stored pixels 90 degrees clockwise: back to `image`
+    stored = encode(image.transpose(Image.Transpose.ROTATE_90), exif=exif)
+    (reply,) = ask(trained_service, [raw(stored)])
+    assert (reply.body["width"], reply.body["height"]) == (360, 280)
+    found = [(d["label"], torch.tensor([d["box"]])) for d in reply.body["detections"]]
+    matched = sum(
+        any(name == CLASS_NAMES[label] and box_iou(found_box, torch.tensor([box], dtype=torch.float32)) >= 0.6
+            for name, found_box in found)
+        for label, box in objects
+    )
+    assert matched >= 0.8 * len(objects), (objects, reply.body)

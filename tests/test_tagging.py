@@ -1,0 +1,300 @@
+"""The serving core without TorchServe: request parsing, settings, the Tagger and the response formats."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torchvision.ops import box_iou
+
+from handler.checkpoint import CheckpointError
+from handler.decode import EmptyImageError, decode_image, image_to_tensor
+from handler.detector import build_detector_from_config, model_config
+from handler.request_parsing import (
+    UPLOAD_STYLES,
+    RequestError,
+    TagOptions,
+    header_value,
+    parse_format,
+    parse_request,
+    parse_threshold,
+)
+from handler.settings import ServingSettings, settings_from_config
+from handler.tagging import (
+    MIN_RESIZED_SIDE,
+    Detection,
+    Tagger,
+    detections_above,
+    detections_to_tags,
+    error_response,
+    format_response,
+    response_dict,
+    response_list,
+)
+from training.synthetic import CLASS_NAMES, render_image
+
+DEFAULTS = TagOptions(response_format="dict", threshold=0.5)
+
+
+def jpeg_bytes(width: int, height: int, color=(200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+
+@pytest.fixture(scope="module")
+def eager_tagger() -> Tagger:
+    """An untrained demo model that keeps every box (``box_score_thresh=0``): ~100 low-score boxes per image."""
+    torch.manual_seed(0)
+    config = model_config("demo", len(CLASS_NAMES) + 1, box_score_thresh=0.0)
+    return Tagger(model=build_detector_from_config(config), class_names=CLASS_NAMES)
+
+
+# --- request parsing --------------------------------------------------------------------------------------
+
+
+def test_each_upload_style_gives_the_image_bytes():
+    image = jpeg_bytes(40, 30)
+    encoded = base64.b64encode(image).decode()
+    rows = [
+        ({"data": bytearray(image)}, {"data": {"content-type": "image/jpeg"}}),  # curl -F data=@x.jpg
+        ({"file": bytearray(image)}, {"file": {"content-type": "image/jpeg"}}),  # curl -F file=@x.jpg
+        ({"body": bytearray(image)}, {"body": {"content-type": "application/octet-stream"}}),  # curl -T
+        ({"body": {"data": encoded}}, {"body": {"content-type": "application/json"}}),  # JSON base64
+        ({"body": {"data": "data:image/jpeg;base64," + encoded}}, {}),  # a data URL
+        ({"body": {"data": encoded[:20] + "\n" + encoded[20:]}}, {}),  # wrapped base64 (base64 -w 76)
+        # "application/json; charset=utf-8" is not parsed by TorchServe: it arrives as bytes.
+        ({"body": bytearray(json.dumps({"data": encoded}).encode())},
+         {"body": {"content-type": "application/json; charset=utf-8"}}),
+    ]
+    for row, headers in rows:
+        request = parse_request(row, headers, defaults=DEFAULTS)
+        assert request.image == image, row.keys()
+        assert request.options == DEFAULTS
+
+
+def test_options_come_from_fields_then_headers_then_defaults():
+    image = bytearray(jpeg_bytes(10, 10))
+    # A multipart field without a filename arrives as bytes.
+    form = parse_request({"data": image, "format": bytearray(b"list"), "threshold": bytearray(b"0.3")}, {},
+                         defaults=DEFAULTS)
+    assert form.options == TagOptions(response_format="list", threshold=0.3)
+
+    body = {"data": base64.b64encode(bytes(image)).decode(), "format": "LIST", "threshold": 0.25}
+    assert parse_request({"body": body}, {}, defaults=DEFAULTS).options == TagOptions("list", 0.25)
+
+    headers = {"x-tag-format": "list", "X-SCORE-THRESHOLD": " 0.7 ", "body": {"content-type": "image/jpeg"}}
+    assert parse_request({"body": image}, headers, defaults=DEFAULTS).options == TagOptions("list", 0.7)
+
+    both = parse_request({"body": body}, {"X-Tag-Format": "dict", "X-Score-Threshold": "0.9"}, defaults=DEFAULTS)
+    assert both.options == TagOptions("list", 0.25)  # the body's own fields win over headers
+
+
+def test_a_row_without_an_image_names_the_working_upload_styles():
+    # A body sent without a Content-Type is parsed as a form by TorchServe: the row arrives empty.
+    for row in ({}, {"format": bytearray(b"list")}, {"body": "some text"}, {"body": {"image": "abc"}}):
+        with pytest.raises(RequestError) as caught:
+            parse_request(row, {}, defaults=DEFAULTS)
+        assert caught.value.status == 400 and caught.value.error == "no_image"
+        assert "-T photo.jpg" in str(caught.value) and "-F data=@photo.jpg" in str(caught.value)
+        assert "Content-Type: image/jpeg" in str(caught.value) and "base64" in str(caught.value)
+    assert "-T photo.jpg" in UPLOAD_STYLES
+
+
+@pytest.mark.parametrize(
+    "row, headers, status, error",
+    [
+        ({"a": bytearray(b"1"), "b": bytearray(b"2")}, {}, 400, "too_many_images"),
+        ({"body": [1, 2]}, {}, 400, "bad_json"),
+        ({"body": None}, {}, 400, "bad_json"),
+        ({"body": bytearray(b"{broken")}, {"body": {"content-type": "application/json"}}, 400, "bad_json"),
+        ({"body": {"data": "not base64 !!"}}, {}, 400, "bad_base64"),
+        ({"body": {"data": 12}}, {}, 400, "no_image"),
+        ({"body": bytearray(b"x"), "format": bytearray(b"xml")}, {}, 422, "bad_parameter"),
+        ({"body": bytearray(b"x"), "threshold": bytearray(b"high")}, {}, 422, "bad_parameter"),
+        ({"body": bytearray(b"x")}, {"X-Score-Threshold": "1.5"}, 422, "bad_parameter"),
+        ({"body": bytearray(b"x")}, {"X-Tag-Format": "yaml"}, 422, "bad_parameter"),
+        ({"body": {"data": "", "threshold": True}}, {}, 422, "bad_parameter"),
+        ({"body": bytearray(b"x"), "format": bytearray(b"\xff\xfe")}, {}, 422, "bad_parameter"),
+        ("not a row", {}, 400, "no_image"),
+    ],
+)
+def test_bad_requests_get_their_status(row, headers, status, error):
+    with pytest.raises(RequestError) as caught:
+        parse_request(row, headers, defaults=DEFAULTS)
+    assert (caught.value.status, caught.value.error) == (status, error)
+
+
+def test_parameter_parsers():
+    assert parse_format(b" Dict ") == "dict"
+    assert parse_threshold("0") == 0.0 and parse_threshold(1) == 1.0 and parse_threshold(b"0.45") == 0.45
+    for bad in ("nan", "inf", "-0.1", "", None, [0.5]):
+        with pytest.raises(RequestError, match="threshold must be a number from 0 to 1"):
+            parse_threshold(bad)
+    assert header_value({"X-Tag-Format": "list"}, "x-tag-format") == "list"
+    assert header_value({"x-tag-format": {"content-type": "text/plain"}}, "X-Tag-Format") is None
+
+
+# --- settings ---------------------------------------------------------------------------------------------
+
+
+def test_settings_from_the_model_config_section():
+    assert settings_from_config(None) == ServingSettings()
+    assert ServingSettings() == ServingSettings(score_threshold=0.5, max_detections=100, default_format="dict",
+                                                max_pixels=40_000_000, half_precision=False, channels_last=False)
+    section = {"score_threshold": 0.3, "max_detections": 5, "default_format": "list", "max_pixels": None,
+               "half_precision": True, "channels_last": True, "profile": True}
+    assert settings_from_config(section) == ServingSettings(0.3, 5, "list", None, True, True)
+    for bad, message in [
+        ({"score_treshold": 0.3}, "unknown key"),
+        ({"score_threshold": 2}, "threshold"),
+        ({"default_format": "xml"}, "format"),
+        ({"max_detections": 0}, "max_detections"),
+        ({"max_pixels": "big"}, "max_pixels"),
+        ({"max_detections": None}, "max_detections"),
+        ({"half_precision": "yes"}, "half_precision"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            settings_from_config(bad)
+
+
+def test_the_shipped_model_config_has_valid_handler_settings():
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "model" / "model-config.yaml").read_text())
+    section = {key: value for key, value in config["handler"].items() if key != "profile"}
+    assert asdict(settings_from_config(section)) == {**asdict(ServingSettings()), **section}
+
+
+# --- response formats -------------------------------------------------------------------------------------
+
+DETECTIONS = [
+    Detection("dog", 0.62, (1.0, 2.0, 30.0, 40.0)),
+    Detection("person", 0.97, (5.0, 5.0, 50.0, 90.0)),
+    Detection("dog", 0.91, (60.0, 10.0, 99.0, 50.0)),
+    Detection("cat", 0.2, (0.0, 0.0, 10.0, 10.0)),
+]
+
+
+def test_tags_are_distinct_labels_above_the_threshold_best_first():
+    assert detections_to_tags(DETECTIONS, threshold=0.5) == ["person", "dog"]
+    assert detections_to_tags(DETECTIONS) == ["person", "dog", "cat"]
+    assert detections_to_tags(DETECTIONS, threshold=0.95) == ["person"]
+    assert [d.score for d in detections_above(DETECTIONS, threshold=0.5, max_detections=2)] == [0.97, 0.91]
+
+
+def test_dict_and_list_versions():
+    assert response_dict(DETECTIONS, width=100, height=120, threshold=0.5) == {
+        "tags": ["person", "dog"],
+        "detections": [
+            {"label": "person", "score": 0.97, "box": [5.0, 5.0, 50.0, 90.0]},
+            {"label": "dog", "score": 0.91, "box": [60.0, 10.0, 99.0, 50.0]},
+            {"label": "dog", "score": 0.62, "box": [1.0, 2.0, 30.0, 40.0]},
+        ],
+        "width": 100,
+        "height": 120,
+    }
+    assert response_list(DETECTIONS, threshold=0.5) == ["person", "dog"]
+    assert response_list(DETECTIONS, threshold=0.0, max_detections=1) == ["person"]
+    assert format_response(DETECTIONS, response_format="list", width=1, height=1, threshold=0.95) == ["person"]
+    assert format_response([], response_format="dict", width=3, height=4, threshold=0.5) == {
+        "tags": [], "detections": [], "width": 3, "height": 4}
+    with pytest.raises(ValueError):
+        format_response(DETECTIONS, response_format="xml", width=1, height=1, threshold=0.5)
+
+
+def test_error_body():
+    assert error_response(RequestError(422, "bad_parameter", "format must be ...")) == {
+        "error": "bad_parameter", "message": "format must be ..."}
+    with pytest.raises(EmptyImageError) as caught:
+        decode_image(b"")
+    assert error_response(caught.value) == {"error": "empty", "message": "the image is empty (0 bytes)"}
+
+
+# --- the Tagger -------------------------------------------------------------------------------------------
+
+
+def test_tagger_from_checkpoint(untrained_checkpoint, tmp_path):
+    tagger = Tagger.from_checkpoint(untrained_checkpoint)
+    assert tagger.class_names == CLASS_NAMES
+    assert not tagger.model.training and tagger.device == torch.device("cpu")
+    with pytest.raises(CheckpointError, match="not found"):
+        Tagger.from_checkpoint(tmp_path / "Epoch.9.pth")
+    with pytest.raises(ValueError, match="23 classes but 2 class names"):
+        Tagger(model=tagger.model, class_names=["a", "b"])
+
+
+def test_images_of_different_sizes_come_back_in_their_own_pixels(eager_tagger):
+    wide = image_to_tensor(Image.effect_noise((600, 200), 60).convert("RGB"))
+    tall = image_to_tensor(Image.effect_noise((150, 400), 60).convert("RGB"))
+    assert eager_tagger.detect([]) == []
+    wide_found, tall_found = eager_tagger.detect([wide, tall])
+    assert wide_found and tall_found
+    for found, (width, height) in ((wide_found, (600, 200)), (tall_found, (150, 400))):
+        assert all(0 <= d.box[0] < d.box[2] <= width and 0 <= d.box[1] < d.box[3] <= height for d in found)
+        assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
+        assert all(d.label in CLASS_NAMES for d in found)
+    # Each image's boxes reach beyond the other image's frame: they are not in a shared, padded frame.
+    assert max(d.box[2] for d in wide_found) > 150
+    assert max(d.box[3] for d in tall_found) > 200
+
+
+def test_very_thin_images_do_not_crash(eager_tagger):
+    transform = eager_tagger.model.transform
+    # Without padding, torchvision would resize 4000x1 to a 0-pixel-high image.
+    assert int(1 * transform.max_size / 4000) == 0
+    sizes = [(4000, 1), (1, 3000), (2000, 3), (1, 1)]
+    images = [image_to_tensor(Image.effect_noise(size, 60).convert("RGB")) for size in sizes]
+    results = eager_tagger.detect(images)
+    assert len(results) == 4
+    for found, (width, height) in zip(results, sizes):
+        assert all(0 <= d.box[0] < d.box[2] <= width and 0 <= d.box[1] < d.box[3] <= height for d in found)
+    assert results[1], "a 1x3000 image keeps the boxes that overlap it"
+    assert eager_tagger._pad_thin(images[0]).shape == (3, MIN_RESIZED_SIDE * 4000 // transform.max_size, 4000)
+    assert eager_tagger._pad_thin(images[3]) is images[3]
+
+
+# --- a trained model: the right tags and boxes ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_tagger(trained_checkpoint) -> Tagger:
+    return Tagger.from_checkpoint(trained_checkpoint)
+
+
+def scene(seed: int, width: int = 320, height: int = 320):
+    image, objects = render_image(random.Random(seed), width=width, height=height)
+    return image, [(CLASS_NAMES[label], box) for label, box in objects]
+
+
+def test_trained_model_finds_the_right_tags(trained_tagger):
+    scenes = [scene(1000 + n) for n in range(12)]
+    found = trained_tagger.detect([image_to_tensor(image) for image, _ in scenes])
+    right = total = wrong = 0
+    for (_, objects), detections in zip(scenes, found):
+        truth = {label for label, _ in objects}
+        tags = set(detections_to_tags(detections, threshold=0.5))
+        right, total, wrong = right + len(truth & tags), total + len(truth), wrong + len(tags - truth)
+    assert right / total >= 0.8, (right, total)
+    assert wrong / max(1, right + wrong) <= 0.2, (wrong, right)
+
+
+def test_trained_boxes_follow_the_image_size(trained_tagger):
+    """A scene scaled 1.5x (and another of a different shape, in the same batch) keeps its boxes, scaled."""
+    image, objects = scene(2000)
+    large = image.resize((480, 480))
+    other, _ = scene(2001, width=400, height=240)
+    found, _ = trained_tagger.detect([image_to_tensor(large), image_to_tensor(other)])
+    matched = 0
+    for label, box in objects:
+        scaled = torch.tensor([box], dtype=torch.float32) * 1.5
+        if any(d.label == label and d.score >= 0.5 and box_iou(torch.tensor([d.box]), scaled) >= 0.6 for d in found):
+            matched += 1
+    assert matched >= 0.8 * len(objects), (matched, objects, found[:8])
