@@ -1,0 +1,1 @@
+"""Command-line client of the TorchServe tagger: ``python -m client.tag IMAGE...``."""

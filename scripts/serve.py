@@ -1,0 +1,283 @@
+"""Starts, waits for and stops TorchServe with the project's config (``make serve`` / ``make stop``).
+
+``python -m scripts.serve start [--config config.properties]``: starts TorchServe in the current folder
+(where it writes ``key_file.json`` and ``logs/``) unless it is already running, restarts it when the
+model archive is newer than the running server, waits until the model answers a real image, and prints
+how to call it with the inference key. ``python -m scripts.serve stop`` stops it and every worker.
+TorchServe finds a running server through ``$TMPDIR/.model_server.pid``: start and stop with the same
+``TMPDIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psutil
+import requests
+from PIL import Image, ImageDraw
+from ts.model_server import TS_NAMESPACE, load_properties
+
+from client.keys import KeyFileError, TorchServeKeys, bearer, read_keys
+
+KEY_FILE = "key_file.json"
+CONSOLE_LOG = Path("logs") / "console.log"
+
+
+class ServerError(RuntimeError):
+    """TorchServe did not start, exited, or its model did not answer in time."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    inference_url: str
+    management_url: str
+    archive: Path
+    model_name: str
+
+
+def read_server_config(path: Path) -> ServerConfig:
+    """The addresses and the served archive from a TorchServe ``config.properties``.
+
+    Args:
+        path: the properties file; ``model_store`` is taken relative to the folder TorchServe starts in.
+    """
+    if not path.is_file():
+        raise ServerError(f"{path} not found")
+    properties = load_properties(str(path))
+    try:
+        archive_name = properties["load_models"].split(",")[0].strip()
+        model_store = Path(properties["model_store"])
+    except KeyError as exc:
+        raise ServerError(f"{path} has no {exc.args[0]} setting") from None
+    # load_models entries are "file.mar" or "name=file.mar".
+    model_name, _, archive_file = archive_name.rpartition("=")
+    return ServerConfig(
+        inference_url=properties.get("inference_address", "http://127.0.0.1:8080"),
+        management_url=properties.get("management_address", "http://127.0.0.1:8081"),
+        archive=model_store / archive_file,
+        model_name=model_name or Path(archive_file).stem,
+    )
+
+
+def running_server(tmp_dir: Path | None = None) -> psutil.Process | None:
+    """The TorchServe front end (Java) recorded in ``<tmp_dir>/.model_server.pid``, if it is alive.
+
+    Args:
+        tmp_dir: the ``TMPDIR`` it was started with; None for this process's temp folder.
+    """
+    try:
+        process = psutil.Process(int(pid_file(tmp_dir).read_text().strip()))
+        return process if TS_NAMESPACE in process.cmdline() else None
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+def pid_file(tmp_dir: Path | None = None) -> Path:
+    """Where ``torchserve --start`` records the server's pid (and, by the file's time, when it started)."""
+    return (tmp_dir or Path(tempfile.gettempdir())) / ".model_server.pid"
+
+
+def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = None) -> psutil.Process:
+    """Runs ``torchserve --start`` (token authorization on, no config snapshots) in ``start_dir``.
+
+    Args:
+        config_file: the ``config.properties`` to serve with.
+        start_dir: where TorchServe writes ``key_file.json`` and ``logs/`` (console output in logs/console.log).
+        tmp_dir: ``TMPDIR`` and ``TEMP`` for the server (pid file, model unpacking, worker sockets);
+            None keeps this process's.
+
+    Raises:
+        ServerError: torchserve refused to start.
+    """
+    console = start_dir / CONSOLE_LOG
+    console.parent.mkdir(parents=True, exist_ok=True)
+    (start_dir / KEY_FILE).unlink(missing_ok=True)  # a stale file would hand out dead keys
+    command = [sys.executable, "-m", "ts.model_server", "--start", "--ncs", "--ts-config", str(config_file.resolve())]
+    # The Java server inherits stdout: a pipe would never close, so the output goes to a file.
+    with console.open("ab") as out:
+        done = subprocess.run(command, cwd=start_dir, env=_server_env(tmp_dir), stdout=out, stderr=out)
+    server = running_server(tmp_dir)
+    if done.returncode != 0 or server is None:
+        raise ServerError(f"torchserve did not start:\n{_tail(console)}")
+    return server
+
+
+def wait_until_ready(
+    config: ServerConfig, *, key_file: Path, server: psutil.Process, timeout: float, console: Path
+) -> None:
+    """Waits until ``POST /predictions/<model>`` of a real JPEG answers 200.
+
+    Args:
+        config: the server's addresses and model name.
+        key_file: TorchServe's key file (read again each try: the server writes it after starting).
+        server: the Java process; its death ends the wait at once.
+        timeout: seconds to wait.
+        console: TorchServe's console log, quoted when it fails.
+
+    Raises:
+        ServerError: the server exited or the model did not answer in time.
+    """
+    url = f"{config.inference_url}/predictions/{config.model_name}"
+    image = probe_image()
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if not server.is_running() or server.status() == psutil.STATUS_ZOMBIE:
+            raise ServerError(f"TorchServe exited while starting:\n{_tail(console)}")
+        try:
+            keys = read_keys(key_file)
+            answer = requests.post(url, data=image, headers={"Content-Type": "image/jpeg", **bearer(keys.inference)},
+                                   timeout=30)
+            if answer.status_code == 200:
+                return
+            last = f"HTTP {answer.status_code}: {' '.join(answer.text.split())[:300]}"
+            if not _still_starting(answer):
+                raise ServerError(f"{config.model_name} answered {last}; see {console.parent}/model_log.log")
+        except (KeyFileError, requests.RequestException) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise ServerError(
+        f"{config.model_name} did not answer within {timeout:.0f} s (last: {last}); "
+        f"see {console.parent}/model_log.log"
+    )
+
+
+def _still_starting(answer: requests.Response) -> bool:
+    """Answers of a server that is still loading: the model is not registered yet (404), it has no worker
+    yet (503, but not the handler's "Prediction failed"), or the key file was just rewritten (400 key)."""
+    if answer.status_code == 404:
+        return True
+    if answer.status_code == 503:
+        return "Prediction failed" not in answer.text
+    return answer.status_code == 400 and "InvalidKeyException" in answer.text
+
+
+def renew_expiring_keys(config: ServerConfig, key_file: Path, *, margin: timedelta = timedelta(minutes=5)) -> None:
+    """Asks the server for new inference/management keys when they expire within ``margin``.
+
+    TorchServe rewrites the key file; the API key (which does not expire) authorizes the renewal.
+    """
+    keys = read_keys(key_file)
+    soon = datetime.now(timezone.utc) + margin
+    for kind, expires in (("inference", keys.inference_expires), ("management", keys.management_expires)):
+        if expires < soon:
+            answer = requests.get(f"{config.management_url}/token", params={"type": kind},
+                                  headers=bearer(keys.api), timeout=10)
+            if answer.status_code != 200:
+                raise ServerError(f"could not renew the {kind} key: HTTP {answer.status_code} {answer.text.strip()}")
+
+
+def stop_server(*, start_dir: Path, tmp_dir: Path | None = None, timeout: float = 60) -> list[str]:
+    """Stops TorchServe and its Python workers; returns the processes that had to be killed.
+
+    Args:
+        start_dir: the folder it was started in (``torchserve --stop`` deletes the key file there).
+        tmp_dir: the ``TMPDIR`` it was started with.
+        timeout: seconds to wait for a clean exit before killing what is left.
+    """
+    server = running_server(tmp_dir)
+    if server is None:
+        return []
+    family = [server, *server.children(recursive=True)]
+    subprocess.run([sys.executable, "-m", "ts.model_server", "--stop", "--foreground"], cwd=start_dir,
+                   env=_server_env(tmp_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    killed = []
+    for process in alive:
+        try:
+            killed.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    return killed
+
+
+def probe_image() -> bytes:
+    """A small JPEG (shapes on gray) to check that the whole model path answers."""
+    image = Image.new("RGB", (160, 120), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((20, 20, 70, 70), fill=(220, 30, 30))
+    draw.rectangle((90, 40, 140, 100), fill=(30, 30, 220))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _server_env(tmp_dir: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if tmp_dir is not None:
+        env["TMPDIR"] = env["TEMP"] = str(tmp_dir)
+    return env
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+def _serve(config_file: Path, timeout: float) -> int:
+    start_dir = Path.cwd()
+    config = read_server_config(config_file)
+    if not config.archive.is_file():
+        raise ServerError(f"{config.archive} not found: build it with `make archive`")
+    key_file = start_dir / KEY_FILE
+    began = time.monotonic()
+    server = running_server()
+    if server is not None and config.archive.stat().st_mtime > pid_file().stat().st_mtime:
+        print(f"{config.archive} is newer than the running TorchServe: restarting it")
+        stop_server(start_dir=start_dir)
+        server = None
+    if server is None:
+        server = start_server(config_file, start_dir=start_dir)
+    else:
+        renew_expiring_keys(config, key_file)
+    wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, console=start_dir / CONSOLE_LOG)
+    _print_usage(config, read_keys(key_file), time.monotonic() - began)
+    return 0
+
+
+def _print_usage(config: ServerConfig, keys: TorchServeKeys, seconds: float) -> None:
+    url = f"{config.inference_url}/predictions/{config.model_name}"
+    examples = sorted(Path("data/synthetic/JPEGImages").glob("*.jpg"))[:1]
+    image = examples[0] if examples else Path("photo.jpg")
+    print(f"TorchServe serves {config.model_name} at {url} (ready after {seconds:.1f} s; logs in logs/).")
+    print(f'  curl -H "Authorization: Bearer {keys.inference}" -F data=@{image} {url}')
+    print(f"  python -m client.tag {image} --draw out/")
+    expires = keys.inference_expires.astimezone().strftime("%H:%M")
+    print(f"The key (from {KEY_FILE}) expires at {expires}; `make serve` renews it. `make stop` stops TorchServe.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--config", type=Path, default=Path("config.properties"), help="TorchServe config")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the model to answer")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "start":
+            return _serve(args.config, args.timeout)
+        if running_server() is None:
+            print("TorchServe is not running.")
+            return 0
+        killed = stop_server(start_dir=Path.cwd())
+        print("TorchServe stopped." + (f" Killed what did not exit: {'; '.join(killed)}" if killed else ""))
+        return 0
+    except (ServerError, KeyFileError) as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""`make archive`: what the .mar holds, and the one-line refusals of bad checkpoints.
+
+That TorchServe serves the archive outside the repository is shown in test_serving.py (and test_handler.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from handler.checkpoint import load_checkpoint, save_checkpoint
+from handler.detector import build_detector_from_config, model_config
+from scripts.make_archive import build_archive
+from training.synthetic import CLASS_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIG = ROOT / "model" / "model-config.yaml"
+
+
+def make_archive(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts.make_archive", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def training_checkpoint(path: Path, **config_overrides) -> Path:
+    """A demo checkpoint as training writes it, optimizer state included."""
+    config = model_config("demo", len(CLASS_NAMES) + 1, **config_overrides)
+    model = build_detector_from_config(config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    return save_checkpoint(path, model=model, model_config=config, class_names=CLASS_NAMES, epoch=3,
+                           optimizer=optimizer, args={"lr": 0.01})
+
+
+def test_archive_holds_entry_file_handler_package_labels_config_and_weights(tmp_path):
+    checkpoint = training_checkpoint(tmp_path / "Epoch.3.pth")
+    package = tmp_path / "handler"
+    shutil.copytree(ROOT / "handler", package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "tagging.cpython-311.pyc").write_bytes(b"compiled")
+
+    archive = build_archive(checkpoint, output=tmp_path / "store" / "tagger.mar", model_config_file=MODEL_CONFIG,
+                            handler_package=package)
+
+    with zipfile.ZipFile(archive) as mar:
+        names = set(mar.namelist())
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        labels = json.loads(mar.read("index_to_name.json"))
+        packed_config = mar.read("model-config.yaml")
+        mar.extract("Epoch.3.pth", tmp_path / "unpacked")
+    handler_files = {f"handler/{p.name}" for p in (ROOT / "handler").glob("*.py")}
+    assert names == {"MAR-INF/MANIFEST.json", "tagger_handler.py", "index_to_name.json", "model-config.yaml",
+                     "Epoch.3.pth", *handler_files}
+    assert manifest["model"] == {"modelName": "tagger", "serializedFile": "Epoch.3.pth",
+                                 "handler": "tagger_handler.py", "modelVersion": "1.0",
+                                 "configFile": "model-config.yaml"}
+    assert labels == {str(i + 1): name for i, name in enumerate(CLASS_NAMES)}
+    assert packed_config == MODEL_CONFIG.read_bytes()
+    assert yaml.safe_load(packed_config)["handler"]["score_threshold"] == 0.5
+
+    packed = load_checkpoint(tmp_path / "unpacked" / "Epoch.3.pth")
+    original = load_checkpoint(checkpoint)
+    assert packed["optimizer"] is None and original["optimizer"] is not None
+    assert (packed["epoch"], packed["class_names"], packed["model_config"]) == (
+        original["epoch"], original["class_names"], original["model_config"])
+    assert packed["model"].keys() == original["model"].keys()
+    assert all(torch.equal(packed["model"][k], original["model"][k]) for k in original["model"])
+
+
+def test_cli_packs_the_newest_checkpoint_of_a_folder(tmp_path):
+    models = tmp_path / "model"
+    training_checkpoint(models / "Epoch.2.pth")
+    training_checkpoint(models / "Epoch.10.pth")
+    result = make_archive("--model-dir", models, "--output", tmp_path / "tagger.mar")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {tmp_path / 'tagger.mar'} from {models / 'Epoch.10.pth'}"
+    with zipfile.ZipFile(tmp_path / "tagger.mar") as mar:
+        assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "Epoch.10.pth"
+
+
+def test_cli_refuses_bad_checkpoints_in_one_line_and_keeps_the_old_archive(tmp_path):
+    output = tmp_path / "tagger.mar"
+    output.write_bytes(b"the previous archive")
+    not_torch = tmp_path / "Epoch.1.pth"
+    not_torch.write_text("not a checkpoint")
+    misfit = training_checkpoint(tmp_path / "Epoch.2.pth")
+    state = torch.load(misfit, weights_only=True)
+    state["model_config"]["representation_size"] = 128  # the weights were made for 256
+    torch.save(state, misfit)
+    (tmp_path / "empty").mkdir()
+
+    cases = {
+        ("--checkpoint", not_torch): f"make_archive: cannot read checkpoint {not_torch}",
+        ("--checkpoint", misfit): f"make_archive: {misfit}: weights do not fit the model config",
+        ("--checkpoint", tmp_path / "nowhere.pth"): f"make_archive: checkpoint not found: {tmp_path / 'nowhere.pth'}",
+        ("--model-dir", tmp_path / "empty"): f"make_archive: no Epoch.N.pth in {tmp_path / 'empty'}/",
+    }
+    for args, start in cases.items():
+        result = make_archive(*args, "--output", output)
+        assert result.returncode == 1, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(start), (args, result.stderr)
+    assert output.read_bytes() == b"the previous archive"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".build-")] == []

@@ -1,0 +1,151 @@
+"""The client's parts that need no server: key files, error lines, drawing, and its refusals.
+
+The client against the real TorchServe is tested in test_serving.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from client.draw import draw_detections, label_color
+from client.keys import KeyFileError, read_keys
+from client.tag import TagResult, describe_refusal, format_result
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The shape TorchServe 0.12 writes (its key names, nanosecond times).
+KEY_FILE = {
+    "management": {"key": "wncYCHzG", "expiration time": "2026-11-26T07:48:35.291173274Z"},
+    "inference": {"key": "M1KNj606", "expiration time": "2026-11-26T07:48:42.786355935Z"},
+    "API": {"key": "t-entEPA"},
+}
+
+
+def run_client(*args, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "client.tag", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_read_keys_parses_torchserve_key_file(tmp_path):
+    path = tmp_path / "key_file.json"
+    path.write_text(json.dumps(KEY_FILE, indent=2))
+    keys = read_keys(path)
+    assert (keys.inference, keys.management, keys.api) == ("M1KNj606", "wncYCHzG", "t-entEPA")
+    assert keys.inference_expires == datetime(2026, 11, 26, 7, 48, 42, tzinfo=timezone.utc)
+    assert keys.management_expires == datetime(2026, 11, 26, 7, 48, 35, tzinfo=timezone.utc)
+
+
+def test_read_keys_refuses_missing_and_foreign_files(tmp_path):
+    with pytest.raises(KeyFileError, match="not found.*make serve"):
+        read_keys(tmp_path / "key_file.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"inference": {"key": "abc"}}')
+    with pytest.raises(KeyFileError, match="not a TorchServe key file"):
+        read_keys(broken)
+    broken.write_text("not json")
+    with pytest.raises(KeyFileError, match="not a TorchServe key file"):
+        read_keys(broken)
+
+
+def test_describe_refusal_names_the_error_and_what_to_do():
+    tagger = json.dumps({"error": "too_many_pixels", "message": "the image has 48000000 pixels, over 40000000"})
+    assert describe_refusal(413, tagger) == "HTTP 413 too_many_pixels: the image has 48000000 pixels, over 40000000"
+    token = json.dumps({"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."})
+    assert describe_refusal(400, token).startswith("HTTP 400 InvalidKeyException: Token Authorization failed.")
+    assert "make serve" in describe_refusal(400, token)
+    assert "max_request_size" in describe_refusal(413, "")
+    assert describe_refusal(502, "<html>\n bad gateway </html>") == "HTTP 502: <html> bad gateway </html>"
+
+
+def test_format_result_prints_tags_then_detections():
+    response = {"tags": ["red circle"], "width": 10, "height": 10,
+                "detections": [{"label": "red circle", "score": 0.912, "box": [1.2, 2.0, 8.7, 9.0]}]}
+    lines = format_result(TagResult(Path("a.jpg"), response=response)).splitlines()
+    assert lines[0] == "a.jpg: red circle"
+    assert lines[1].split() == ["red", "circle", "0.91", "[1,", "2,", "9,", "9]"]
+    assert format_result(TagResult(Path("a.jpg"), response=["red circle"])) == 'a.jpg: ["red circle"]'
+    assert format_result(TagResult(Path("b.jpg"), error="HTTP 400 empty: x")) == "b.jpg: error: HTTP 400 empty: x"
+
+
+def test_draw_detections_outlines_each_box_in_its_label_color(tmp_path):
+    source = tmp_path / "scene.jpg"
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(source, quality=95)
+    detections = [{"label": "red circle", "score": 0.9, "box": [40, 60, 120, 140]},
+                  {"label": "blue square", "score": 0.8, "box": [130, 10, 190, 70]}]
+    drawn = draw_detections(source, detections, tmp_path / "out" / "scene.png")
+    with Image.open(drawn) as image:
+        assert image.size == (200, 150)
+        assert image.getpixel((40, 100)) == label_color("red circle")  # left edge of the first box
+        assert image.getpixel((190, 40)) == label_color("blue square")  # right edge of the second box
+        assert image.getpixel((80, 100)) == (128, 128, 128)  # inside a box: untouched
+    assert label_color("red circle") != label_color("blue square")
+
+
+def test_draw_detections_uses_the_exif_rotated_frame(tmp_path):
+    """The server turns an image by its EXIF orientation before detecting: boxes are in the turned frame."""
+    stored = Image.new("RGB", (120, 80), (128, 128, 128))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: 80 wide, 120 high
+    source = tmp_path / "phone.jpg"
+    stored.save(source, exif=exif, quality=95)
+    drawn = draw_detections(source, [{"label": "star", "score": 0.7, "box": [10, 90, 70, 115]}],
+                            tmp_path / "drawn.png")
+    with Image.open(drawn) as image:
+        assert image.size == (80, 120)
+        assert image.getpixel((40, 115)) == label_color("star")
+
+
+def test_draw_detections_falls_back_to_png_for_unwritable_suffixes(tmp_path):
+    source = tmp_path / "scene.jpg"
+    Image.new("RGB", (64, 64)).save(source)
+    drawn = draw_detections(source, [], tmp_path / "scene.heic")
+    assert drawn == tmp_path / "scene.png" and Image.open(drawn).format == "PNG"
+
+
+def test_cli_without_a_key_file_says_where_it_comes_from(tmp_path):
+    result = run_client("a.jpg", "--key-file", tmp_path / "key_file.json")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"tag: {tmp_path / 'key_file.json'} not found: TorchServe writes it in the folder it starts in "
+        "(make serve) and deletes it when it stops"
+    ]
+
+
+def test_cli_reports_each_failed_image_and_exits_1(tmp_path):
+    (tmp_path / "key_file.json").write_text(json.dumps(KEY_FILE))
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (32, 32)).save(image)
+    url = f"http://127.0.0.1:{unused_port()}/predictions/tagger"
+    result = run_client(image, tmp_path / "missing.jpg", "--url", url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"{image}: error: cannot reach {url}: is TorchServe running? (make serve)",
+        f"{tmp_path / 'missing.jpg'}: error: cannot read {tmp_path / 'missing.jpg'}: No such file or directory",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--draw", "out", "--format", "list"], "--draw needs the boxes of the dict format"),
+    (["--threshold", "1.5"], "--threshold must be from 0 to 1, got 1.5"),
+    (["--format", "xml"], "invalid choice: 'xml'"),
+])
+def test_cli_refuses_bad_arguments_in_one_line(args, message):
+    result = run_client("a.jpg", *args)
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1]
