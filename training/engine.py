@@ -119,7 +119,7 @@ def coco_map(targets: Sequence[dict], predictions: Sequence[dict], class_names: 
                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
     ground_truth = COCO()
-    ground_truth.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    ground_truth.dataset = {"info": {}, "images": images, "annotations": annotations, "categories": categories}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress unconditionally
         ground_truth.createIndex()
         if not detections:

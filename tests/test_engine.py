@@ -1,0 +1,88 @@
+"""The mAP scoring, batching and augmentation helpers of the training flow."""
+
+import torch
+import pytest
+from torch.utils.data import SequentialSampler
+
+from training.engine import coco_map, format_metrics_table
+from training.presets import RandomHorizontalFlip
+from training.utils import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
+
+NAMES = ["cat", "dog", "owl"]
+
+
+def target(boxes, labels, difficult=None):
+    difficult = difficult or [False] * len(labels)
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+            "difficult": torch.tensor(difficult)}
+
+
+def prediction(boxes, labels, scores):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels),
+            "scores": torch.tensor(scores)}
+
+
+def test_perfect_detections_score_one_and_absent_classes_are_not_averaged():
+    targets = [target([[10, 10, 60, 60], [100, 100, 180, 150]], [1, 2])]
+    predictions = [prediction([[10, 10, 60, 60], [100, 100, 180, 150]], [1, 2], [0.9, 0.8])]
+    metrics = coco_map(targets, predictions, NAMES)
+    assert metrics["map50"] == pytest.approx(1.0)
+    assert metrics["map"] == pytest.approx(1.0)
+    assert metrics["per_class"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(1.0), "owl": None}
+
+
+def test_wrong_labels_and_loose_boxes_score_less():
+    targets = [target([[10, 10, 60, 60], [100, 100, 180, 150]], [1, 2])]
+    # the cat box is right but called a dog; the dog box overlaps its object with IoU 0.6
+    predictions = [prediction([[10, 10, 60, 60], [100, 100, 180, 130]], [2, 2], [0.9, 0.8])]
+    metrics = coco_map(targets, predictions, NAMES)
+    assert metrics["per_class"]["cat"] == 0.0
+    assert 0.0 < metrics["per_class"]["dog"] < 1.0  # a false positive ranked above the true one
+    assert metrics["map"] < metrics["map50"] < 1.0
+
+
+def test_difficult_objects_neither_count_as_missed_nor_as_false_positives():
+    targets = [target([[10, 10, 60, 60], [100, 100, 180, 150]], [1, 1], difficult=[False, True])]
+    found_both = coco_map(targets, [prediction([[10, 10, 60, 60], [100, 100, 180, 150]], [1, 1], [0.9, 0.95])],
+                          NAMES)
+    found_easy_only = coco_map(targets, [prediction([[10, 10, 60, 60]], [1], [0.9])], NAMES)
+    assert found_both["per_class"]["cat"] == pytest.approx(1.0)
+    assert found_easy_only["per_class"]["cat"] == pytest.approx(1.0)
+
+
+def test_no_detections_at_all_scores_zero():
+    metrics = coco_map([target([[10, 10, 60, 60]], [3])], [prediction([], [], [])], NAMES)
+    assert metrics == {"map50": 0.0, "map": 0.0, "per_class": {"cat": None, "dog": None, "owl": 0.0}}
+    table = format_metrics_table(metrics)
+    assert "owl" in table and "n/a (no objects)" in table and "mAP@0.5" in table
+
+
+def test_grouped_batches_keep_orientations_apart_and_cover_every_index():
+    sizes = [(400, 300), (300, 400), (500, 300), (300, 500), (600, 400), (640, 480), (200, 400)]
+    groups = aspect_ratio_groups(sizes)
+    assert groups == [0, 1, 0, 1, 0, 0, 1]
+    sampler = GroupedBatchSampler(SequentialSampler(sizes), groups, batch_size=2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 4
+    assert sorted(i for batch in batches for i in batch) == list(range(7))
+    full = [batch for batch in batches if len(batch) == 2]
+    assert all(groups[a] == groups[b] for a, b in full[:3])
+
+
+def test_horizontal_flip_mirrors_boxes_with_the_image():
+    image = torch.zeros(3, 10, 20)
+    image[:, :, :5] = 1.0  # the left quarter is bright
+    boxes = torch.tensor([[0.0, 2.0, 5.0, 8.0]])
+    flipped, flipped_target = RandomHorizontalFlip(p=1.0)(image, {"boxes": boxes, "labels": torch.tensor([1])})
+    assert flipped[:, :, 15:].min() == 1.0 and flipped[:, :, :15].max() == 0.0
+    assert flipped_target["boxes"].tolist() == [[15.0, 2.0, 20.0, 8.0]]
+    assert boxes.tolist() == [[0.0, 2.0, 5.0, 8.0]]  # the caller's target is left alone
+    same, same_target = RandomHorizontalFlip(p=0.0)(image, {"boxes": boxes})
+    assert same is image and same_target["boxes"] is boxes
+
+
+def test_batches_are_lists_of_differently_sized_images():
+    batch = [(torch.zeros(3, 10, 20), {"id": 1}), (torch.zeros(3, 30, 5), {"id": 2})]
+    images, targets = collate_as_lists(batch)
+    assert [tuple(i.shape) for i in images] == [(3, 10, 20), (3, 30, 5)]
+    assert targets == [{"id": 1}, {"id": 2}]
