@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The demo recipe of `make demo-model`, on fewer images and epochs to fit the test budget.
 DEMO_TRAIN_ARGS = [*DEMO_RECIPE, "--workers", "0", "--no-progress"]
 TEST_TRAIN_IMAGES = 480
-TEST_EPOCHS = 4
+TEST_EPOCHS = 6
 
 
 def run_module(module: str, *args: str, timeout: float = 900, env: dict | None = None):

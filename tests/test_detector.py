@@ -52,10 +52,11 @@ PARAMETER_COUNTS = {
               "total": 137_114_592},
     "resnet50": {"backbone": 23_454_912, "rpn": 37_842_989, "box_head": 427_827_200, "box_predictor": 471_155,
                  "total": 489_596_256},
-    # demo: six conv-BN layers 287,456; RPN on 128 channels 153,389; fc6 128*49*256 + 256, fc7 256*256 + 256;
+    # demo: six conv-BN layers 287,456 and two dilated ones 2 * (128*128*9 + 2*128); RPN on 128 channels
+    # 153,389; fc6 128*49*256 + 256, fc7 256*256 + 256;
     # predictor 256*23 + 23 + 256*92 + 92.
-    "demo": {"backbone": 287_456, "rpn": 153_389, "box_head": 1_671_680, "box_predictor": 29_555,
-             "total": 2_142_080},
+    "demo": {"backbone": 582_880, "rpn": 153_389, "box_head": 1_671_680, "box_predictor": 29_555,
+             "total": 2_437_504},
 }
 
 
