@@ -112,7 +112,7 @@ def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = N
 
 
 def wait_until_ready(
-    config: ServerConfig, *, key_file: Path, server: psutil.Process, timeout: float, console: Path
+    config: ServerConfig, *, key_file: Path, server: psutil.Process, timeout: float, log_dir: Path
 ) -> None:
     """Waits until ``POST /predictions/<model>`` of a real JPEG answers 200.
 
@@ -121,12 +121,13 @@ def wait_until_ready(
         key_file: TorchServe's key file (read again each try: the server writes it after starting).
         server: the Java process; its death ends the wait at once.
         timeout: seconds to wait.
-        console: TorchServe's console log, quoted when it fails.
+        log_dir: TorchServe's logs/ folder; its console and worker logs are quoted when it fails.
 
     Raises:
         ServerError: the server exited or the model did not answer in time.
     """
     url = f"{config.inference_url}/predictions/{config.model_name}"
+    console, model_log = log_dir / CONSOLE_LOG.name, log_dir / "model_log.log"
     image = probe_image()
     deadline = time.monotonic() + timeout
     last = "no answer yet"
@@ -141,13 +142,12 @@ def wait_until_ready(
                 return
             last = f"HTTP {answer.status_code}: {' '.join(answer.text.split())[:300]}"
             if not _still_starting(answer):
-                raise ServerError(f"{config.model_name} answered {last}; see {console.parent}/model_log.log")
+                raise ServerError(f"{config.model_name} answered {last}; the worker's log:\n{_tail(model_log)}")
         except (KeyFileError, requests.RequestException) as exc:
             last = str(exc)
         time.sleep(0.5)
     raise ServerError(
-        f"{config.model_name} did not answer within {timeout:.0f} s (last: {last}); "
-        f"see {console.parent}/model_log.log"
+        f"{config.model_name} did not answer within {timeout:.0f} s (last: {last}); the worker's log:\n{_tail(model_log)}"
     )
 
 
@@ -243,7 +243,7 @@ def _serve(config_file: Path, timeout: float) -> int:
         server = start_server(config_file, start_dir=start_dir)
     else:
         renew_expiring_keys(config, key_file)
-    wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, console=start_dir / CONSOLE_LOG)
+    wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, log_dir=start_dir / CONSOLE_LOG.parent)
     _print_usage(config, read_keys(key_file), time.monotonic() - began)
     return 0
 
