@@ -30,3 +30,28 @@ train: setup
 
 evaluate: setup
 	$(PY) -m training.evaluate $(CHECKPOINT) $(DATA) $(ARGS)
+
+# ---- Serving: archive, serve, stop ----
+ARCHIVE := archive/tagger.mar
+MODEL_CONFIG := model/model-config.yaml
+
+.PHONY: archive serve stop
+
+# archive/tagger.mar from the newest model/Epoch.N.pth, or from CHECKPOINT=path.
+archive: setup
+	$(PY) -m scripts.make_archive --output $(ARCHIVE) --model-config $(MODEL_CONFIG) \
+		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model-dir $(OUTPUT))
+
+# Rebuilt by `make serve` only when a checkpoint, a handler file or the model config is newer.
+$(ARCHIVE): $(wildcard $(OUTPUT)/Epoch.*.pth) $(wildcard handler/*.py) $(MODEL_CONFIG)
+	$(PY) -m scripts.make_archive --output $@ --model-config $(MODEL_CONFIG) --model-dir $(OUTPUT)
+
+# Everything from a fresh clone: the demo model when no checkpoint exists, the archive, TorchServe.
+# Safe to run again: a running server is kept (restarted when the archive changed) and its key renewed.
+serve: setup
+	@ls $(OUTPUT)/Epoch.*.pth >/dev/null 2>&1 || $(MAKE) --no-print-directory demo-model
+	@$(MAKE) --no-print-directory $(ARCHIVE)
+	$(PY) -m scripts.serve start --config config.properties
+
+stop: setup
+	$(PY) -m scripts.serve stop
