@@ -1,0 +1,358 @@
+"""The real TorchServe (Java front end, Python worker) serving an archive built by `make archive`.
+
+One server for the module, on free loopback ports, started from a temporary folder (key_file.json and logs/
+land there) with its own TMPDIR/TEMP (pid file, unpacked models, worker sockets) and without PYTHONPATH: the
+worker can only import the handler package from the archive. The config is the repository's
+config.properties with only the ports and the model store changed, so token authorization, the disabled
+model API and the size limits are the real ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+from client.keys import TorchServeKeys, bearer, read_keys
+from client.tag import tag_images
+from scripts.make_archive import build_archive
+from scripts.serve import (
+    ServerConfig,
+    read_server_config,
+    renew_expiring_keys,
+    running_server,
+    start_server,
+    stop_server,
+    wait_until_ready,
+)
+from training.synthetic import CLASS_NAMES, render_image
+
+ROOT = Path(__file__).resolve().parents[1]
+# "[METRICS]TaggerImages.Count:3|#ModelName:tagger,...|#hostname:vm,<timestamp>,<request id>,<request id>,..."
+BATCH_LINE = re.compile(r"\[METRICS\]TaggerImages\.Count:\d+\|.*#hostname:[^,]*,\d+,(?P<ids>[^ ]+?),? pattern=")
+
+
+@dataclass
+class Server:
+    config: ServerConfig
+    config_file: Path
+    start_dir: Path
+    tmp_dir: Path
+    process: psutil.Process
+
+    @property
+    def url(self) -> str:
+        return f"{self.config.inference_url}/predictions/tagger"
+
+    def keys(self) -> TorchServeKeys:
+        return read_keys(self.start_dir / "key_file.json")
+
+    def post(self, **kwargs) -> requests.Response:
+        headers = {**bearer(self.keys().inference), **kwargs.pop("headers", {})}
+        return requests.post(self.url, headers=headers, timeout=120, **kwargs)
+
+    def batches(self) -> list[list[str]]:
+        """The request ids of each batch the handler ran, from its TaggerImages metric in ts_log.log."""
+        log = (self.start_dir / "logs" / "ts_log.log").read_text(errors="replace")
+        return [match["ids"].split(",") for match in BATCH_LINE.finditer(log)]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def serving_config(store: Path) -> str:
+    """The repository's config.properties with free ports and ``store`` as the model store."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    changes = {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+        "model_store": str(store),
+    }
+    lines = []
+    for line in (ROOT / "config.properties").read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        lines.append(f"{key}={changes.pop(key)}" if key in changes and not line.startswith("#") else line)
+    assert not changes, f"config.properties lacks {changes}"
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint, tmp_path_factory) -> Server:
+    root = tmp_path_factory.mktemp("torchserve")
+    store, start_dir, tmp_dir = root / "store", root / "start", root / "tmp"
+    for folder in (store, start_dir, tmp_dir):
+        folder.mkdir()
+    build_archive(trained_checkpoint, output=store / "tagger.mar", model_config_file=ROOT / "model" / "model-config.yaml")
+    config_file = root / "config.properties"
+    config_file.write_text(serving_config(store))
+    config = read_server_config(config_file)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PYTHONPATH", raising=False)
+        patch.delenv("TS_CONFIG_FILE", raising=False)
+        process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
+    try:
+        wait_until_ready(config, key_file=start_dir / "key_file.json", server=process, timeout=180,
+                         log_dir=start_dir / "logs")
+        yield Server(config, config_file, start_dir, tmp_dir, process)
+    finally:
+        stop_server(start_dir=start_dir, tmp_dir=tmp_dir)
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def scene(seed: int, width: int = 320, height: int = 320) -> tuple[bytes, set[str]]:
+    """A generated test image (not in the training data) and the names of the classes in it."""
+    image, objects = render_image(random.Random(seed), width=width, height=height)
+    return jpeg(image), {CLASS_NAMES[label] for label, _ in objects}
+
+
+def at_once(*calls) -> list[requests.Response]:
+    """Runs the calls in threads released together, so they reach TorchServe within its batch delay."""
+    start = threading.Barrier(len(calls))
+
+    def released(call):
+        start.wait()
+        return call()
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(released, calls))
+
+
+def test_the_worker_imports_the_handler_from_the_archive_only(server):
+    (worker,) = server.process.children(recursive=True)
+    assert "model_service_worker.py" in " ".join(worker.cmdline())
+    # The worker runs in the folder TorchServe unpacked the .mar into, under its TEMP, and that folder is
+    # its only PYTHONPATH entry (set by TorchServe; an empty entry is the working folder, the same one):
+    # nothing of the repository is importable.
+    model_dir = Path(worker.cwd())
+    assert {entry or str(model_dir) for entry in worker.environ()["PYTHONPATH"].split(os.pathsep)} == {str(model_dir)}
+    assert model_dir.parent == server.tmp_dir / "models"
+    assert (model_dir / "tagger_handler.py").is_file() and (model_dir / "handler" / "tagging.py").is_file()
+
+
+def test_each_upload_style_gets_the_same_answer(server):
+    image = scene(5000, width=360, height=280)[0]
+    everything = {"X-Score-Threshold": "0"}  # every detection the model makes, so the answers carry boxes
+    multipart_data = server.post(files={"data": ("scene.jpg", image, "image/jpeg")}, headers=everything)
+    multipart_file = server.post(files={"file": ("scene.jpg", image, "image/jpeg")}, headers=everything)
+    raw_post = server.post(data=image, headers={"Content-Type": "image/jpeg", **everything})
+    raw_octets = server.post(data=image, headers={"Content-Type": "application/octet-stream", **everything})
+    raw_put = requests.put(server.url, data=image, timeout=120,  # what curl -T sends
+                           headers={**bearer(server.keys().inference), **everything})
+    json_base64 = server.post(json={"data": base64.b64encode(image).decode("ascii"), "threshold": 0})
+    answers = [multipart_data, multipart_file, raw_post, raw_octets, raw_put, json_base64]
+    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+    first = multipart_data.json()
+    assert all(a.json() == first for a in answers)
+    assert (first["width"], first["height"]) == (360, 280) and first["detections"]
+
+
+def test_readme_curl_commands(server, tmp_path):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(scene(5001)[0])
+    auth = ["-H", f"Authorization: Bearer {server.keys().inference}", "-H", "X-Score-Threshold: 0"]
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"data": base64.b64encode(photo.read_bytes()).decode("ascii")}))
+    commands = {
+        "-F": ["-F", f"data=@{photo}"],
+        "-T": ["-T", str(photo)],
+        "--data-binary": ["-H", "Content-Type: image/jpeg", "--data-binary", f"@{photo}"],
+        "json": ["-H", "Content-Type: application/json", "-d", f"@{body}"],
+        "list": ["-F", f"data=@{photo}", "-F", "format=list"],
+    }
+    answers = {}
+    for name, args in commands.items():
+        done = subprocess.run([curl, "-sS", *auth, *args, server.url], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        answers[name] = json.loads(done.stdout)
+    assert answers["-F"]["detections"]
+    assert answers["-T"] == answers["--data-binary"] == answers["json"] == answers["-F"]
+    assert answers["list"] == answers["-F"]["tags"]
+
+
+def test_format_and_threshold_reach_the_handler(server):
+    image, _ = scene(5002)
+    upload = {"files": {"data": ("scene.jpg", image, "image/jpeg")}}
+    tags = server.post(**upload).json()["tags"]
+    assert server.post(**upload, data={"format": "list"}).json() == tags
+    assert server.post(**upload, headers={"X-Tag-Format": "list"}).json() == tags
+    assert server.post(json={"data": base64.b64encode(image).decode("ascii"), "format": "list"}).json() == tags
+    everything = server.post(**upload, data={"threshold": "0"}).json()["detections"]
+    default = server.post(**upload).json()["detections"]
+    assert len(everything) > len(default) and min(d["score"] for d in everything) < 0.5
+    refused = server.post(**upload, data={"format": "xml"})
+    assert refused.status_code == 422 and refused.json()["error"] == "bad_parameter"
+
+
+def test_concurrent_requests_are_batched(server):
+    images = [scene(5100 + n)[0] for n in range(8)]
+    answers = at_once(*[
+        (lambda image=image: server.post(data=image, headers={"Content-Type": "image/jpeg"})) for image in images
+    ])
+    assert [a.status_code for a in answers] == [200] * 8
+    ours = {a.headers["x-request-id"] for a in answers}
+    deadline = time.monotonic() + 10  # the worker's metric lines reach the log just after the answers
+    while not (batches := [set(b) & ours for b in server.batches() if set(b) & ours]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert set().union(*batches) == ours
+    assert max(len(b) for b in batches) > 1, batches  # TorchServe gathered several requests into one call
+    assert max(len(b) for b in batches) <= 4  # batchSize of model-config.yaml
+
+
+def test_a_bad_upload_gets_its_own_error_while_its_batch_is_answered(server):
+    good = scene(5200, width=300, height=200)[0]
+    huge = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(huge, format="PNG")  # 48 MP, over max_pixels
+    calls = [
+        lambda: server.post(data=good, headers={"Content-Type": "image/jpeg"}),
+        lambda: server.post(data=b"\xff\xd8 not really a jpeg", headers={"Content-Type": "image/jpeg"}),
+        lambda: server.post(files={"data": ("huge.png", huge.getvalue(), "image/png")}),
+        lambda: server.post(data=b"{broken", headers={"Content-Type": "application/json"}),
+    ]
+    answers = at_once(*calls)
+    assert [a.status_code for a in answers] == [200, 400, 413, 400], [a.text for a in answers]
+    assert [a.json().get("error") for a in answers[1:]] == ["not_an_image", "too_many_pixels", "bad_json"]
+    assert all(a.json()["message"] for a in answers[1:])
+    assert (answers[0].json()["width"], answers[0].json()["height"]) == (300, 200)
+    ids = [a.headers["x-request-id"] for a in answers]
+    time.sleep(1)
+    shared = [b for b in server.batches() if ids[0] in b]
+    assert shared and len(set(shared[0]) & set(ids)) > 1, (shared, ids)  # the good one was not alone
+
+
+def test_calls_without_the_inference_key_are_refused(server):
+    image = scene(5300)[0]
+    keys = server.keys()
+    headers_tried = [
+        {},
+        {"Authorization": "Bearer wrongkey"},
+        {"Authorization": f"bearer {keys.inference}"},
+        bearer(keys.management),
+    ]
+    for headers in headers_tried:
+        answer = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **headers}, timeout=30)
+        assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException", headers
+    ping = f"{server.config.inference_url}/ping"
+    assert requests.get(ping, timeout=10).status_code == 400
+    assert requests.get(ping, headers=bearer(keys.inference), timeout=10).json() == {"status": "Healthy"}
+
+
+def test_management_api_describes_the_model_and_refuses_registration(server):
+    keys = server.keys()
+    management = server.config.management_url
+    (described,) = requests.get(f"{management}/models/tagger", headers=bearer(keys.management), timeout=10).json()
+    assert (described["batchSize"], described["maxBatchDelay"]) == (4, 50)
+    assert [w["status"] for w in described["workers"]] == ["READY"]
+    register = requests.post(f"{management}/models", params={"url": "https://example.com/evil.mar"},
+                             headers=bearer(keys.management), timeout=10)
+    assert register.status_code == 405  # enable_model_api=false
+    assert requests.get(f"{management}/models", timeout=10).status_code == 400  # the key is needed here too
+
+
+def test_client_tags_and_draws_the_right_objects(server, tmp_path):
+    scenes = [render_image(random.Random(5400 + n), width=w, height=h)
+              for n, (w, h) in enumerate([(320, 320), (400, 280), (280, 400), (320, 320), (360, 360), (320, 240)])]
+    paths = []
+    for n, (image, _) in enumerate(scenes):
+        paths.append(tmp_path / f"scene{n}.jpg")
+        image.save(paths[-1], quality=92)
+    results = tag_images(paths, url=server.url, key=server.keys().inference)
+    right = total = wrong = 0
+    for (_, objects), result in zip(scenes, results):
+        assert result.error is None, result.error
+        truth = {CLASS_NAMES[label] for label, _ in objects}
+        right, total = right + len(truth & set(result.response["tags"])), total + len(truth)
+        wrong += len(set(result.response["tags"]) - truth)
+    assert right / total >= 0.8 and wrong <= 0.2 * total, (right, total, wrong)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "client.tag", *paths[:2], "--draw", tmp_path / "drawn", "--url", server.url,
+         "--key-file", server.start_dir / "key_file.json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for path, result in zip(paths[:2], results):
+        assert f"{path}: {', '.join(result.response['tags'])}" in done.stdout
+        with Image.open(tmp_path / "drawn" / path.name) as drawn, Image.open(path) as original:
+            assert drawn.size == original.size
+    list_run = subprocess.run(
+        [sys.executable, "-m", "client.tag", paths[0], "--format", "list", "--url", server.url,
+         "--key-file", server.start_dir / "key_file.json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert list_run.stdout.strip() == f"{paths[0]}: {json.dumps(results[0].response['tags'])}"
+
+
+def test_serve_again_keeps_the_running_server(server):
+    """`make serve` a second time: no restart, the model answers, the usage names the current key."""
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.serve", "start", "--config", server.config_file],
+        cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Bearer {server.keys().inference}" in done.stdout and server.url in done.stdout
+    assert running_server(server.tmp_dir).pid == server.process.pid
+
+
+def test_expiring_keys_are_renewed(server):
+    old = server.keys()
+    renew_expiring_keys(server.config, server.start_dir / "key_file.json", margin=timedelta(hours=2))
+    new = server.keys()
+    assert new.inference != old.inference and new.management != old.management and new.api == old.api
+    image = scene(5500)[0]
+    stale = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **bearer(old.inference)},
+                          timeout=30)
+    assert stale.status_code == 400
+    assert server.post(data=image, headers={"Content-Type": "image/jpeg"}).status_code == 200
+
+
+def test_stop_leaves_no_process_behind(server):
+    family = [server.process, *server.process.children(recursive=True)]
+    assert len(family) == 2  # the Java front end and one Python worker
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)}
+    command = [sys.executable, "-m", "scripts.serve", "stop"]
+    done = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "TorchServe stopped."), done.stderr
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
+    assert not (server.start_dir / "key_file.json").exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.config.inference_url}/ping", timeout=5)
+    again = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True, timeout=60)
+    assert (again.returncode, again.stdout.strip()) == (0, "TorchServe is not running.")
