@@ -21,6 +21,8 @@ class ServingSettings:
         default_format: "dict" or "list", for requests that ask for neither.
         max_pixels: images with more pixels are refused before decoding; None means no limit.
         half_precision / channels_last: GPU speed-ups; ignored on CPU.
+        torch_threads: threads of one CPU worker; None keeps torch's default (one per core). With batches
+            arriving while the front end and other workers also need the cores, 1 avoids oversubscription.
     """
 
     score_threshold: float = 0.5
@@ -29,6 +31,7 @@ class ServingSettings:
     max_pixels: int | None = 40_000_000
     half_precision: bool = False
     channels_last: bool = False
+    torch_threads: int | None = None
 
 
 def settings_from_config(section: Mapping[str, Any] | None) -> ServingSettings:
@@ -53,9 +56,9 @@ def settings_from_config(section: Mapping[str, Any] | None) -> ServingSettings:
             values["default_format"] = parse_format(values["default_format"])
     except RequestError as error:
         raise ValueError(f"handler section of the model config: {error}") from None
-    for key in ("max_detections", "max_pixels"):
+    for key in ("max_detections", "max_pixels", "torch_threads"):
         value = values.get(key, 1)
-        if not (value is None and key == "max_pixels") and (type(value) is not int or value < 1):
+        if not (value is None and key != "max_detections") and (type(value) is not int or value < 1):
             raise ValueError(f"handler section of the model config: {key} must be a positive integer, got {value!r}")
     for key in ("half_precision", "channels_last"):
         if not isinstance(values.get(key, False), bool):

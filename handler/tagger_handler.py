@@ -39,6 +39,8 @@ class TaggerHandler(BaseHandler):
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
+        if self.device.type == "cpu" and self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         self.model_pt_path = str(Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"])
         self.tagger = Tagger.from_checkpoint(
             self.model_pt_path,

@@ -189,6 +189,15 @@ def test_initialize_rebuilds_the_model_on_cpu(service):
     assert handler.settings.max_pixels == 1_000_000 and handler.settings.score_threshold == 0.5
 
 
+def test_torch_threads_setting_sets_the_cpu_worker_threads(eager_checkpoint, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        serve(eager_checkpoint, tmp_path, {"torch_threads": 1})
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_every_upload_style(service):
     image = noise(120, 90)
     encoded = base64.b64encode(image).decode()
