@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The demo recipe of `make demo-model`, on fewer images and epochs to fit the test budget.
 DEMO_TRAIN_ARGS = [*DEMO_RECIPE, "--workers", "0", "--no-progress"]
-TEST_TRAIN_IMAGES = 480
-TEST_EPOCHS = 6
+TEST_TRAIN_IMAGES = 960
+TEST_EPOCHS = 4
 
 
 def run_module(module: str, *args: str, timeout: float = 900, env: dict | None = None):
@@ -32,7 +32,7 @@ def run_module(module: str, *args: str, timeout: float = 900, env: dict | None =
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
-    """A generated data set: 480 train, 20 val and 40 test images of the 22 classes (VOC and COCO)."""
+    """A generated data set: 960 train, 20 val and 40 test images of the 22 classes (VOC and COCO)."""
     root = tmp_path_factory.mktemp("synthetic")
     return write_dataset(root, counts={"train": TEST_TRAIN_IMAGES, "val": 20, "test": 40}, seed=0)
 

@@ -15,7 +15,7 @@ from handler.checkpoint import load_checkpoint
 from tests.conftest import DEMO_TRAIN_ARGS, ROOT, TEST_EPOCHS, run_module
 from training.synthetic import CLASS_NAMES
 
-# What the demo preset reaches after TEST_EPOCHS short epochs (6 x 60 steps of 8 images); the full
+# What the demo preset reaches after TEST_EPOCHS short epochs (4 x 120 steps of 8 images); the full
 # `make demo-model` run reaches >= 0.8 (see training/demo.py).
 LEARNED_MAP50 = 0.3
 
