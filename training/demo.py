@@ -23,6 +23,7 @@ from training.synthetic import write_dataset
 # learns fast enough to be useful on a 2-core CPU in 10 minutes.
 DEMO_RECIPE = ["--backbone", "demo", "--batch-size", "8", "--lr", "0.04", "--warmup-iters", "50"]
 DEMO_SPLITS = {"train": 1400, "val": 100, "test": 100}
+DEMO_EPOCHS = 4
 TARGET_MAP50, TARGET_MINUTES = 0.8, 10.0
 
 
@@ -30,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/synthetic")
     parser.add_argument("--output-dir", default="model")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("-j", "--workers", type=int, default=1)
     parser.add_argument("--metrics", default=None, help="JSON file for the numbers (default OUTPUT_DIR/demo.json)")
     return parser
