@@ -42,8 +42,6 @@ def save_checkpoint(
     args: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a checkpoint atomically (a reader never sees half a file) and returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -53,14 +51,14 @@ def save_checkpoint(
         "class_names": list(class_names),
         "args": {k: _plain_arg(v) for k, v in (args or {}).items()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return _save_atomically(state, Path(path))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict:
     """Reads a checkpoint safely (``weights_only=True``) and checks its shape.
+
+    Args:
+        mmap: map the tensors from the file instead of reading them into memory (for copying big files).
 
     Raises:
         CheckpointError: missing file, not a torch file, or not one of this project's checkpoints.
@@ -69,7 +67,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many kinds (pickle, zip, EOF) for a damaged file
         raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
@@ -92,6 +90,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def save_serving_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, float16: bool = False) -> Path:
+    """Writes the part of a checkpoint that serving reads: weights, model config, class names and epoch.
+
+    The optimizer and scheduler state and the training arguments (data paths included) stay behind. The
+    source is memory-mapped and tensors are converted one at a time, so memory holds at most the output.
+
+    Args:
+        float16: store floating-point weights in half precision (half the size); the model loads them
+            into its float32 parameters.
+    """
+    state = load_checkpoint(source, mmap=True)
+    weights = state["model"]
+    for name, tensor in weights.items():
+        if float16 and tensor.is_floating_point():
+            weights[name] = tensor.half()
+    serving = {key: state[key] for key in REQUIRED_KEYS}
+    serving.update(optimizer=None, lr_scheduler=None, args={})
+    return _save_atomically(serving, Path(output))
+
+
 def model_from_checkpoint(state: Mapping[str, Any]) -> FasterRCNN:
     """Rebuilds the model from the checkpoint's own config and loads its weights (in train mode)."""
     model = build_detector_from_config(state["model_config"])
@@ -105,6 +123,15 @@ def newest_checkpoint(folder: str | os.PathLike) -> Path | None:
         (int(m.group(1)), p) for p in Path(folder).glob("Epoch.*.pth") if (m := _EPOCH_FILE.match(p.name))
     ]
     return max(found)[1] if found else None
+
+
+def _save_atomically(state: dict, path: Path) -> Path:
+    """torch.save through a temporary file, so a reader never sees half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _load_failure(exc: Exception) -> str:

@@ -29,8 +29,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vgg16": {},
     "resnet50": {},
     "demo": {
+        # The seed's 2:3 ratio of min_size to max_size: a 4:3 photo keeps a 320 px short side.
         "min_size": 320,
-        "max_size": 320,
+        "max_size": 480,
         "anchor_sizes": [32, 64, 128],
         "rpn_pre_nms_top_n_train": 1000,
         "rpn_pre_nms_top_n_test": 600,

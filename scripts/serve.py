@@ -112,7 +112,8 @@ def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = N
 
 
 def wait_until_ready(
-    config: ServerConfig, *, key_file: Path, server: psutil.Process, timeout: float, log_dir: Path
+    config: ServerConfig, *, key_file: Path, server: psutil.Process, log_dir: Path,
+    timeout: float | None = None,
 ) -> None:
     """Waits until ``POST /predictions/<model>`` of a real JPEG answers 200.
 
@@ -120,7 +121,7 @@ def wait_until_ready(
         config: the server's addresses and model name.
         key_file: TorchServe's key file (read again each try: the server writes it after starting).
         server: the Java process; its death ends the wait at once.
-        timeout: seconds to wait.
+        timeout: seconds to wait; None waits as long as the server lives (tests: a slow machine is no failure).
         log_dir: TorchServe's logs/ folder; its console and worker logs are quoted when it fails.
 
     Raises:
@@ -129,9 +130,9 @@ def wait_until_ready(
     url = f"{config.inference_url}/predictions/{config.model_name}"
     console, model_log = log_dir / CONSOLE_LOG.name, log_dir / "model_log.log"
     image = probe_image()
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     last = "no answer yet"
-    while time.monotonic() < deadline:
+    while deadline is None or time.monotonic() < deadline:
         if not server.is_running() or server.status() == psutil.STATUS_ZOMBIE:
             raise ServerError(f"TorchServe exited while starting:\n{_tail(console)}")
         try:

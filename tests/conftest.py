@@ -23,11 +23,11 @@ TEST_TRAIN_IMAGES = DEMO_SPLITS["train"]
 TEST_EPOCHS = DEMO_EPOCHS
 
 
-def run_module(module: str, *args: str, timeout: float = 900, env: dict | None = None):
+def run_module(module: str, *args: str, env: dict | None = None):
     """Runs ``python -m module args`` from the repository root, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -26,7 +26,7 @@ MODEL_CONFIG = ROOT / "model" / "model-config.yaml"
 
 def make_archive(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "scripts.make_archive", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True)
 
 
 def training_checkpoint(path: Path, **config_overrides) -> Path:

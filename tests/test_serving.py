@@ -67,7 +67,7 @@ class Server:
 
     def post(self, **kwargs) -> requests.Response:
         headers = {**bearer(self.keys().inference), **kwargs.pop("headers", {})}
-        return requests.post(self.url, headers=headers, timeout=120, **kwargs)
+        return requests.post(self.url, headers=headers, **kwargs)
 
     def batches(self) -> list[list[str]]:
         """The request ids of each batch the handler ran, from its TaggerImages metric in ts_log.log."""
@@ -120,7 +120,7 @@ def server(trained_checkpoint, tmp_path_factory) -> Server:
         patch.delenv("TS_CONFIG_FILE", raising=False)
         process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
     try:
-        wait_until_ready(config, key_file=start_dir / "key_file.json", server=process, timeout=180,
+        wait_until_ready(config, key_file=start_dir / "key_file.json", server=process,
                          log_dir=start_dir / "logs")
         yield Server(config, config_file, start_dir, tmp_dir, process)
     finally:
@@ -170,7 +170,7 @@ def test_each_upload_style_gets_the_same_answer(server):
     multipart_file = server.post(files={"file": ("scene.jpg", image, "image/jpeg")}, headers=everything)
     raw_post = server.post(data=image, headers={"Content-Type": "image/jpeg", **everything})
     raw_octets = server.post(data=image, headers={"Content-Type": "application/octet-stream", **everything})
-    raw_put = requests.put(server.url, data=image, timeout=120,  # what curl -T sends
+    raw_put = requests.put(server.url, data=image,  # what curl -T sends
                            headers={**bearer(server.keys().inference), **everything})
     json_base64 = server.post(json={"data": base64.b64encode(image).decode("ascii"), "threshold": 0})
     answers = [multipart_data, multipart_file, raw_post, raw_octets, raw_put, json_base64]
@@ -198,7 +198,7 @@ def test_readme_curl_commands(server, tmp_path):
     }
     answers = {}
     for name, args in commands.items():
-        done = subprocess.run([curl, "-sS", *auth, *args, server.url], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([curl, "-sS", *auth, *args, server.url], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         answers[name] = json.loads(done.stdout)
     assert answers["-F"]["detections"]
@@ -266,23 +266,23 @@ def test_calls_without_the_inference_key_are_refused(server):
         bearer(keys.management),
     ]
     for headers in headers_tried:
-        answer = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **headers}, timeout=30)
+        answer = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **headers})
         assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException", headers
     ping = f"{server.config.inference_url}/ping"
-    assert requests.get(ping, timeout=10).status_code == 400
-    assert requests.get(ping, headers=bearer(keys.inference), timeout=10).json() == {"status": "Healthy"}
+    assert requests.get(ping).status_code == 400
+    assert requests.get(ping, headers=bearer(keys.inference)).json() == {"status": "Healthy"}
 
 
 def test_management_api_describes_the_model_and_refuses_registration(server):
     keys = server.keys()
     management = server.config.management_url
-    (described,) = requests.get(f"{management}/models/tagger", headers=bearer(keys.management), timeout=10).json()
+    (described,) = requests.get(f"{management}/models/tagger", headers=bearer(keys.management)).json()
     assert (described["batchSize"], described["maxBatchDelay"]) == (4, 50)
     assert [w["status"] for w in described["workers"]] == ["READY"]
     register = requests.post(f"{management}/models", params={"url": "https://example.com/evil.mar"},
-                             headers=bearer(keys.management), timeout=10)
+                             headers=bearer(keys.management))
     assert register.status_code == 405  # enable_model_api=false
-    assert requests.get(f"{management}/models", timeout=10).status_code == 400  # the key is needed here too
+    assert requests.get(f"{management}/models").status_code == 400  # the key is needed here too
 
 
 def test_client_tags_and_draws_the_right_objects(server, tmp_path):
@@ -304,7 +304,7 @@ def test_client_tags_and_draws_the_right_objects(server, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "client.tag", *paths[:2], "--draw", tmp_path / "drawn", "--url", server.url,
          "--key-file", server.start_dir / "key_file.json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr
     for path, result in zip(paths[:2], results):
@@ -314,7 +314,7 @@ def test_client_tags_and_draws_the_right_objects(server, tmp_path):
     list_run = subprocess.run(
         [sys.executable, "-m", "client.tag", paths[0], "--format", "list", "--url", server.url,
          "--key-file", server.start_dir / "key_file.json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True,
     )
     assert list_run.stdout.strip() == f"{paths[0]}: {json.dumps(results[0].response['tags'])}"
 
@@ -324,7 +324,7 @@ def test_serve_again_keeps_the_running_server(server):
     done = subprocess.run(
         [sys.executable, "-m", "scripts.serve", "start", "--config", server.config_file],
         cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr
     assert f"Bearer {server.keys().inference}" in done.stdout and server.url in done.stdout
@@ -337,8 +337,7 @@ def test_expiring_keys_are_renewed(server):
     new = server.keys()
     assert new.inference != old.inference and new.management != old.management and new.api == old.api
     image = scene(5500)[0]
-    stale = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **bearer(old.inference)},
-                          timeout=30)
+    stale = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **bearer(old.inference)})
     assert stale.status_code == 400
     assert server.post(data=image, headers={"Content-Type": "image/jpeg"}).status_code == 200
 
@@ -348,11 +347,11 @@ def test_stop_leaves_no_process_behind(server):
     assert len(family) == 2  # the Java front end and one Python worker
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)}
     command = [sys.executable, "-m", "scripts.serve", "stop"]
-    done = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (0, "TorchServe stopped."), done.stderr
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
     assert not (server.start_dir / "key_file.json").exists()
     with pytest.raises(requests.ConnectionError):
-        requests.get(f"{server.config.inference_url}/ping", timeout=5)
-    again = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True, timeout=60)
+        requests.get(f"{server.config.inference_url}/ping")
+    again = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True)
     assert (again.returncode, again.stdout.strip()) == (0, "TorchServe is not running.")

@@ -48,6 +48,12 @@ CLASS_SPECS: list[tuple[str, str]] = sorted([
 ], key=lambda spec: " ".join(spec))
 CLASS_NAMES: list[str] = [f"{color} {shape}" for color, shape in CLASS_SPECS]
 SPLITS = ("train", "val", "test")
+# Object sides relative to the image's short side (28-96 px at 320x320).
+OBJECT_SCALE = (0.0875, 0.3)
+# Image sides drawn for a data set of varied sizes: photos come in every size and shape, and the model's
+# transform resizes each one, so the demo model sees the scales and aspect ratios it will be sent.
+SIDE_RANGE = (240, 800)
+MAX_ASPECT = 2.0
 
 
 def _regular_polygon(n: int, size: int, phase: float = -math.pi / 2, inner: float | None = None):
@@ -102,6 +108,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, s: int) -> None:
 
 def _cluttered_background(rng: random.Random, width: int, height: int) -> Image.Image:
     """Muted gradient with grey strokes and blobs: texture the detector must learn to ignore."""
+    k = min(width, height) / 320  # clutter scales with the image, as the objects do
     base = [rng.randint(90, 200) for _ in range(3)]
     image = Image.new("RGB", (width, height), tuple(base))
     draw = ImageDraw.Draw(image)
@@ -110,10 +117,10 @@ def _cluttered_background(rng: random.Random, width: int, height: int) -> Image.
         tint = tuple(min(255, max(0, grey + rng.randint(-20, 20))) for _ in range(3))
         x, y = rng.randrange(width), rng.randrange(height)
         if rng.random() < 0.6:
-            draw.line([x, y, x + rng.randint(-120, 120), y + rng.randint(-120, 120)],
-                      fill=tint, width=rng.randint(1, 4))
+            draw.line([x, y, x + k * rng.randint(-120, 120), y + k * rng.randint(-120, 120)],
+                      fill=tint, width=max(1, round(k * rng.randint(1, 4))))
         else:
-            r = rng.randint(4, 30)
+            r = k * rng.randint(4, 30)
             draw.ellipse([x - r, y - r, x + r, y + r], fill=tint)
     return image.filter(ImageFilter.GaussianBlur(radius=0.8))
 
@@ -128,10 +135,17 @@ def _iou(a, b) -> float:
 
 def render_image(
     rng: random.Random, *, width: int = 320, height: int = 320, min_objects: int = 2, max_objects: int = 5,
-    min_size: int = 28, max_size: int = 96,
+    object_scale: tuple[float, float] = OBJECT_SCALE,
 ) -> tuple[Image.Image, list[tuple[int, list[int]]]]:
-    """One image and its objects as (class index into CLASS_NAMES, [x1, y1, x2, y2]) pairs."""
+    """One image and its objects as (class index into CLASS_NAMES, [x1, y1, x2, y2]) pairs.
+
+    Args:
+        object_scale: smallest and largest object side as fractions of the image's short side, so a
+            scene looks alike at any resolution (28 to 96 px at 320x320).
+    """
     image = _cluttered_background(rng, width, height)
+    short = min(width, height)
+    min_size, max_size = (max(8, round(short * fraction)) for fraction in object_scale)
     objects: list[tuple[int, list[int]]] = []
     for _ in range(rng.randint(min_objects, max_objects)):
         for _attempt in range(20):
@@ -171,13 +185,24 @@ def _voc_xml(file_name: str, width: int, height: int, objects) -> ET.ElementTree
     return ET.ElementTree(root)
 
 
+def image_size(rng: random.Random, side_range: tuple[int, int] = SIDE_RANGE) -> tuple[int, int]:
+    """A random (width, height): the long side in ``side_range``, aspect ratio up to ``MAX_ASPECT``."""
+    long_side = rng.randint(*side_range)
+    short_side = max(side_range[0] // 2, round(long_side / rng.uniform(1.0, MAX_ASPECT)))
+    return (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
+
+
 def write_dataset(
-    output: str | Path, *, counts: dict[str, int], seed: int = 0, width: int = 320, height: int = 320,
-    progress: Callable[[str], None] | None = None,
+    output: str | Path, *, counts: dict[str, int], seed: int = 0, size: tuple[int, int] | None = None,
+    side_range: tuple[int, int] = SIDE_RANGE, progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Writes the splits named in ``counts`` (e.g. {"train": 2000, "val": 100, "test": 100}).
 
     Each split has its own random stream, so growing the train split leaves val and test unchanged.
+
+    Args:
+        size: (width, height) of every image; None draws each image's size (``image_size``).
+        side_range: the range of the long side when ``size`` is None.
     """
     output = Path(output)
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main", "annotations"):
@@ -188,6 +213,7 @@ def write_dataset(
         ids, images, annotations = [], [], []
         for n in range(count):
             stem = f"{split}_{n:05d}"
+            width, height = size or image_size(rng, side_range)
             image, objects = render_image(rng, width=width, height=height)
             image.save(output / "JPEGImages" / f"{stem}.jpg", quality=92)
             _voc_xml(f"{stem}.jpg", width, height, objects).write(output / "Annotations" / f"{stem}.xml")
@@ -213,8 +239,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-val", type=int, default=100)
     parser.add_argument("--num-test", type=int, default=100)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=320)
+    parser.add_argument("--width", type=int, help="fixed image width (with --height); default: varied sizes")
+    parser.add_argument("--height", type=int, help="fixed image height (with --width)")
+    parser.add_argument("--min-side", type=int, default=SIDE_RANGE[0], help="smallest long side of varied sizes")
+    parser.add_argument("--max-side", type=int, default=SIDE_RANGE[1], help="largest long side of varied sizes")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -222,11 +250,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     counts = {"train": args.num_train, "val": args.num_val, "test": args.num_test}
-    if any(n < 0 for n in counts.values()) or args.width < 64 or args.height < 64:
-        print("error: counts must be >= 0 and images at least 64x64", file=sys.stderr)
+    fixed = (args.width, args.height)
+    if (None in fixed) != (fixed == (None, None)):
+        print("error: give both --width and --height, or neither (varied sizes)", file=sys.stderr)
         return 2
-    write_dataset(args.output, counts=counts, seed=args.seed, width=args.width, height=args.height,
-                  progress=print)
+    sides = [side for side in (*fixed, args.min_side, args.max_side) if side is not None]
+    if any(n < 0 for n in counts.values()) or min(sides) < 64 or args.min_side > args.max_side:
+        print("error: counts must be >= 0, images at least 64x64 and --min-side <= --max-side", file=sys.stderr)
+        return 2
+    write_dataset(args.output, counts=counts, seed=args.seed, size=None if args.width is None else fixed,
+                  side_range=(args.min_side, args.max_side), progress=print)
     print(f"wrote {args.output} ({len(CLASS_NAMES)} classes)")
     return 0
 
