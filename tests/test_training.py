@@ -34,8 +34,8 @@ def test_training_writes_one_checkpoint_per_epoch_and_a_log(training_run):
     assert log[-1]["map50"] > log[0]["map50"]
 
 
-def test_checkpoint_holds_everything_to_rebuild_and_resume(trained_checkpoint):
-    state = load_checkpoint(trained_checkpoint)
+def test_checkpoint_holds_everything_to_rebuild_and_resume(training_run):
+    state = load_checkpoint(training_run / f"Epoch.{TEST_EPOCHS}.pth")
     assert state["epoch"] == TEST_EPOCHS
     assert state["class_names"] == CLASS_NAMES
     assert state["model_config"]["backbone"] == "demo" and state["model_config"]["num_classes"] == 23
@@ -64,7 +64,7 @@ def test_resume_continues_with_the_same_epoch_and_lr(training_run, synthetic_dat
                         "--resume", training_run / "Epoch.2.pth", "--output-dir", tmp_path,
                         "--max-steps-per-epoch", 2, "--val-split", "", *DEMO_TRAIN_ARGS)
     assert result.returncode == 0, result.stderr
-    assert "epochs 3..4" in result.stdout
+    assert f"epochs 3..{TEST_EPOCHS}" in result.stdout
     resumed = load_checkpoint(tmp_path / "Epoch.3.pth")
     original = load_checkpoint(training_run / "Epoch.3.pth")
     assert resumed["epoch"] == 3
