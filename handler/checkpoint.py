@@ -1,7 +1,8 @@
 """The one checkpoint format, written by training and read by training, evaluation and the handler.
 
 An ``Epoch.N.pth`` file is a dict:
-``{model, optimizer, lr_scheduler, epoch, model_config, class_names, args}``. ``model_config`` and
+``{model, optimizer, lr_scheduler, scaler, epoch, model_config, class_names, args}`` (``scaler``, the AMP
+GradScaler's state, is None without mixed precision and absent from older files). ``model_config`` and
 ``class_names`` alone rebuild the model, so the handler needs no other file. Everything in it is a tensor
 or a plain Python value, so it loads with ``torch.load(..., weights_only=True)``.
 """
@@ -39,6 +40,7 @@ def save_checkpoint(
     epoch: int,
     optimizer: torch.optim.Optimizer | None = None,
     lr_scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
     args: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a checkpoint atomically (a reader never sees half a file) and returns its path."""
@@ -46,6 +48,7 @@ def save_checkpoint(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": int(epoch),
         "model_config": dict(model_config),
         "class_names": list(class_names),
@@ -106,7 +109,7 @@ def save_serving_checkpoint(source: str | os.PathLike, output: str | os.PathLike
         if float16 and tensor.is_floating_point():
             weights[name] = tensor.half()
     serving = {key: state[key] for key in REQUIRED_KEYS}
-    serving.update(optimizer=None, lr_scheduler=None, args={})
+    serving.update(optimizer=None, lr_scheduler=None, scaler=None, args={})
     return _save_atomically(serving, Path(output))
 
 

@@ -21,7 +21,7 @@ from handler.checkpoint import (
 from handler.detector import build_detector_from_config, model_config
 from training.synthetic import CLASS_NAMES, render_image
 
-CHECKPOINT_KEYS = {"model", "optimizer", "lr_scheduler", "epoch", "model_config", "class_names", "args"}
+CHECKPOINT_KEYS = {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "model_config", "class_names", "args"}
 
 
 def picture_and_target(seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -104,7 +104,7 @@ def test_a_checkpoint_without_optimizer_or_args_round_trips(tmp_path):
     path = save_checkpoint(tmp_path / "deep" / "folder" / checkpoint_name(0), model=build_detector_from_config(config),
                            model_config=config, class_names=["cat", "dog"], epoch=0)
     state = load_checkpoint(path)
-    assert (state["optimizer"], state["lr_scheduler"], state["args"]) == (None, None, {})
+    assert (state["optimizer"], state["lr_scheduler"], state["scaler"], state["args"]) == (None, None, None, {})
     assert state["class_names"] == ["cat", "dog"]
     assert model_from_checkpoint(state).roi_heads.box_predictor.cls_score.out_features == 3
 

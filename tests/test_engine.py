@@ -1,11 +1,18 @@
-"""The mAP scoring, batching and augmentation helpers of the training flow."""
+"""The training step, mAP scoring, batching and augmentation helpers of the training flow."""
+
+import random
+from pathlib import Path
 
 import torch
 import pytest
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
+from torchvision.transforms.functional import pil_to_tensor
 
-from training.engine import coco_map, format_metrics_table
+from handler.detector import build_detector_from_config, model_config
+from training.datasets import DatasetWarning, UnreadableImage
+from training.engine import coco_map, format_metrics_table, train_one_epoch
 from training.presets import RandomHorizontalFlip
+from training.synthetic import render_image
 from training.utils import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
 
 NAMES = ["cat", "dog", "owl"]
@@ -81,8 +88,30 @@ def test_horizontal_flip_mirrors_boxes_with_the_image():
     assert same is image and same_target["boxes"] is boxes
 
 
-def test_batches_are_lists_of_differently_sized_images():
-    batch = [(torch.zeros(3, 10, 20), {"id": 1}), (torch.zeros(3, 30, 5), {"id": 2})]
-    images, targets = collate_as_lists(batch)
-    assert [tuple(i.shape) for i in images] == [(3, 10, 20), (3, 30, 5)]
-    assert targets == [{"id": 1}, {"id": 2}]
+def test_batches_are_lists_of_differently_sized_images_without_the_unreadable_ones():
+    broken = UnreadableImage(path=Path("broken.jpg"), reason="truncated")
+    batch = collate_as_lists([(torch.zeros(3, 10, 20), {"id": 1}), broken, (torch.zeros(3, 30, 5), {"id": 2})])
+    assert [tuple(i.shape) for i in batch.images] == [(3, 10, 20), (3, 30, 5)]
+    assert batch.targets == [{"id": 1}, {"id": 2}]
+    assert batch.unreadable == [broken] and str(broken) == "broken.jpg (truncated)"
+
+
+def test_an_epoch_trains_on_the_readable_images_and_names_the_others():
+    """One image per batch: a batch with only an unreadable image is skipped, not a crash."""
+    samples = []
+    for seed in range(3):
+        picture, objects = render_image(random.Random(seed), width=96, height=96)
+        samples.append((pil_to_tensor(picture).float() / 255,
+                        {"boxes": torch.tensor([box for _, box in objects], dtype=torch.float32),
+                         "labels": torch.tensor([label + 1 for label, _ in objects])}))
+    samples.insert(1, UnreadableImage(path=Path("broken.jpg"), reason="truncated"))
+    torch.manual_seed(0)
+    model = build_detector_from_config(model_config("demo", 23, min_size=96, max_size=96))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001)
+    loader = DataLoader(samples, batch_size=1, collate_fn=collate_as_lists)
+    with pytest.warns(DatasetWarning, match=r"skipped unreadable image broken.jpg \(truncated\) \(1 this epoch\)"):
+        result = train_one_epoch(model, optimizer, loader, torch.device("cpu"), 1, show_progress=False)
+    assert result.steps == 3
+    assert result.unreadable_images == ["broken.jpg (truncated)"]
+    assert set(result.losses) == {"loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert result.losses["loss"] == pytest.approx(sum(v for k, v in result.losses.items() if k != "loss"))

@@ -72,6 +72,17 @@ class ImageRecord:
     difficult: list[bool]
 
 
+@dataclass(frozen=True)
+class UnreadableImage:
+    """An image whose pixels failed to decode when a batch was loaded: training goes on without it."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
 @dataclass
 class _Object:
     name: str
@@ -148,12 +159,13 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict] | UnreadableImage:
+        """The image and its target, or an ``UnreadableImage`` that the batch leaves out (see collate_as_lists)."""
         record = self.records[index]
         try:
             image = image_to_tensor(load_image_file(record.path))
         except (ImageError, OSError) as exc:  # the header was fine when the set was built, the pixels are not
-            raise DatasetError(f"{self.description}: cannot read {record.path}: {exc}") from None
+            return UnreadableImage(path=record.path, reason=str(exc) or type(exc).__name__)
         target = {
             "boxes": torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(record.labels, dtype=torch.int64),

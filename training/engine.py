@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -13,9 +15,23 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from training import utils
+from training.datasets import DatasetWarning, UnreadableImage
+from training.utils import StepFailedError, StepState
+
 
 class NonFiniteLossError(RuntimeError):
-    """Training diverged: a loss became NaN or infinite."""
+    """Training diverged: a loss became NaN or infinite (on every process: losses are averaged first)."""
+
+
+@dataclass
+class EpochResult:
+    """What one training epoch did, the same on every process."""
+
+    losses: dict[str, float]  # the mean of each loss (and their sum, "loss") over the steps and the processes
+    lr: float  # the LR of the last step
+    steps: int  # steps trained (a step whose images were all unreadable is skipped)
+    unreadable_images: list[str]  # "path (reason)" of each image left out, on any process
 
 
 def train_one_epoch(
@@ -29,40 +45,70 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     max_steps: int | None = None,
     show_progress: bool = True,
-) -> dict[str, float]:
-    """Trains one pass over ``data_loader`` and returns the mean of each loss and the last LR.
+) -> EpochResult:
+    """Trains one pass over ``data_loader`` (batches from ``utils.collate_as_lists``).
+
+    Under DDP the processes agree before and after each forward pass (``utils.agree``), so they train,
+    skip or stop the same steps together; see ``training/utils.py``.
 
     Args:
         warmup_iters: linear LR warm-up over the first iterations of this epoch (0: none).
         scaler: a GradScaler turns on mixed precision (CUDA only).
         max_steps: stop this epoch early after so many steps (for time-boxed runs).
     Raises:
-        NonFiniteLossError: when the total loss is NaN or infinite.
+        NonFiniteLossError: when the total loss, averaged over the processes, is NaN or infinite.
+        StepFailedError: when loading a batch or the forward pass raised on any process.
     """
     model.train()
+    steps_this_epoch = min(max_steps or len(data_loader), len(data_loader))
     warmup = None
     if warmup_iters > 0:
-        steps_this_epoch = min(max_steps or len(data_loader), len(data_loader))
         warmup = torch.optim.lr_scheduler.LinearLR(
             optimizer, start_factor=1.0 / 1000, total_iters=max(1, min(warmup_iters, steps_this_epoch - 1))
         )
     sums: dict[str, float] = {}
     steps = 0
-    bar = tqdm(data_loader, desc=f"epoch {epoch}", disable=not show_progress, dynamic_ncols=True)
-    for step, (images, targets) in enumerate(bar):
-        if max_steps is not None and step >= max_steps:
+    unreadable: list[UnreadableImage] = []
+    batches = iter(data_loader)
+    bar = tqdm(total=steps_this_epoch, desc=f"epoch {epoch}", disable=not show_progress, dynamic_ncols=True)
+    for step in range(steps_this_epoch):
+        batch, error, state = None, None, StepState.READY
+        try:
+            batch = next(batches)
+        except StopIteration:
+            state = StepState.DONE
+        except Exception as exc:  # a loader worker died, a transform raised, ...
+            state, error = StepState.FAILED, exc
+        if batch is not None:
+            for image in batch.unreadable:
+                unreadable.append(image)
+                warnings.warn(f"skipped unreadable image {image} ({len(unreadable)} this epoch)", DatasetWarning)
+            if not batch.images:
+                state = StepState.EMPTY
+        agreed = _agree_or_stop(state, error, epoch=epoch, step=step)
+        if agreed is StepState.DONE:
             break
-        images = [image.to(device, non_blocking=True) for image in images]
-        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=scaler is not None):
-            loss_dict = model(images, targets)
-            loss = sum(loss_dict.values())
-        if not math.isfinite(loss.item()):
+        bar.update(1)
+        if agreed is StepState.EMPTY:
+            continue
+        loss_dict = None
+        try:
+            images = [image.to(device, non_blocking=True) for image in batch.images]
+            targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch.targets]
+            with torch.autocast(device.type, enabled=scaler is not None):
+                loss_dict = model(images, targets)
+        except Exception as exc:  # out of memory, a bad box, ...
+            error = exc
+        _agree_or_stop(StepState.FAILED if error else StepState.READY, error, epoch=epoch, step=step)
+        reduced = utils.reduce_dict(loss_dict)
+        total = sum(reduced.values()).item()
+        if not math.isfinite(total):
             raise NonFiniteLossError(
-                f"loss became {loss.item()} at epoch {epoch} step {step} "
-                f"({', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())}); "
+                f"loss became {total} at epoch {epoch} step {step} "
+                f"({', '.join(f'{k}={v.item():.4g}' for k, v in reduced.items())}); "
                 "lower --lr or add --warmup-iters"
             )
+        loss = sum(loss_dict.values())
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -74,26 +120,56 @@ def train_one_epoch(
         if warmup is not None and step < warmup.total_iters:
             warmup.step()
         steps += 1
-        for key, value in {"loss": loss, **loss_dict}.items():
-            sums[key] = sums.get(key, 0.0) + value.item()
+        for key, value in {"loss": total, **{k: v.item() for k, v in reduced.items()}}.items():
+            sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    means = {key: total / max(steps, 1) for key, total in sums.items()}
-    means["lr"] = optimizer.param_groups[0]["lr"]
-    means["steps"] = steps
-    return means
+    bar.close()
+    # Each process skipped its own images; all of them are logged (rank 0 logs).
+    every_unreadable = utils.gather_to_main([str(image) for image in unreadable])
+    return EpochResult(losses={key: total / max(steps, 1) for key, total in sums.items()},
+                       lr=optimizer.param_groups[0]["lr"], steps=steps, unreadable_images=every_unreadable)
+
+
+def _agree_or_stop(state: StepState, error: Exception | None, *, epoch: int, step: int) -> StepState:
+    """``utils.agree`` on this process's state; raises StepFailedError on every process when one failed."""
+    message = None
+    if error is not None:
+        lines = str(error).strip().splitlines()
+        message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    agreed = utils.agree(state, message)
+    if agreed.state is StepState.FAILED:
+        who = f"rank {agreed.failed_rank} of {utils.get_world_size()} failed" if utils.get_world_size() > 1 \
+            else "training failed"
+        raise StepFailedError(f"{who} at epoch {epoch} step {step}: {agreed.message}") from error
+    return agreed.state
+
+
+@dataclass
+class Predictions:
+    """The model's answers over a loader, on the CPU, with the images that could not be read."""
+
+    targets: list[dict]
+    predictions: list[dict]
+    unreadable_images: list[str]
 
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, data_loader: Iterable, device: torch.device,
-            show_progress: bool = False) -> tuple[list[dict], list[dict]]:
-    """Runs the model in eval mode over a loader; returns (targets, predictions) on the CPU."""
+            show_progress: bool = False) -> Predictions:
+    """Runs the model in eval mode over a loader (batches from ``utils.collate_as_lists``)."""
     model.eval()
-    all_targets, all_predictions = [], []
-    for images, targets in tqdm(data_loader, desc="evaluate", disable=not show_progress, dynamic_ncols=True):
-        outputs = model([image.to(device) for image in images])
-        all_targets += targets
-        all_predictions += [{k: v.cpu() for k, v in output.items()} for output in outputs]
-    return all_targets, all_predictions
+    found = Predictions(targets=[], predictions=[], unreadable_images=[])
+    for batch in tqdm(data_loader, desc="evaluate", disable=not show_progress, dynamic_ncols=True):
+        for image in batch.unreadable:
+            found.unreadable_images.append(str(image))
+            warnings.warn(f"left out unreadable image {image} ({len(found.unreadable_images)} so far)",
+                          DatasetWarning)
+        if not batch.images:
+            continue
+        outputs = model([image.to(device) for image in batch.images])
+        found.targets += batch.targets
+        found.predictions += [{k: v.cpu() for k, v in output.items()} for output in outputs]
+    return found
 
 
 def coco_map(targets: Sequence[dict], predictions: Sequence[dict], class_names: Sequence[str]) -> dict:
@@ -154,10 +230,20 @@ def _per_class(precision: np.ndarray | None, annotations: list[dict], class_name
 
 
 def evaluate(model: torch.nn.Module, data_loader: Iterable, device: torch.device, class_names: Sequence[str],
-             show_progress: bool = False) -> dict:
-    """Predicts over the loader and scores the predictions (see ``coco_map``)."""
-    targets, predictions = predict(model, data_loader, device, show_progress)
-    return coco_map(targets, predictions, class_names)
+             show_progress: bool = False) -> dict | None:
+    """Predicts over the loader and scores the predictions (see ``coco_map``), listing unreadable images.
+
+    Under DDP each process predicts the images of its own loader (its share of the set, no collective per
+    batch) and rank 0 scores them all; the other processes return None.
+    """
+    utils.broadcast_buffers(model)
+    shares = utils.gather_to_main([predict(model, data_loader, device, show_progress)])
+    if not utils.is_main_process():
+        return None
+    metrics = coco_map([t for share in shares for t in share.targets],
+                       [p for share in shares for p in share.predictions], class_names)
+    metrics["unreadable_images"] = [name for share in shares for name in share.unreadable_images]
+    return metrics
 
 
 def format_metrics_table(metrics: dict) -> str:

@@ -4,20 +4,27 @@
     torchrun --nproc_per_node 4 -m training.train --data /data/VOCdevkit/VOC2007 --backbone resnet50 ...
 
 Seed defaults: SGD(lr=0.001, momentum=0.9, weight_decay=0.0005), CosineAnnealingLR(T_max=epochs,
-eta_min=1e-5). Each epoch ends with mAP on the validation split, logged to ``OUTPUT_DIR/log.jsonl``.
+eta_min=1e-5). Each epoch ends with mAP on the validation split, logged to ``OUTPUT_DIR/log.jsonl`` with the
+images that failed to decode and were skipped. ``--resume`` takes any checkpoint this project wrote, also a
+serving copy without optimizer state; the schedule always ends at ``--eta-min`` at ``--epochs``. Under DDP
+the processes fail together (see ``training/utils.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+import traceback
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from handler.checkpoint import (CheckpointError, checkpoint_name, load_checkpoint, model_from_checkpoint,
                                 save_checkpoint)
@@ -26,6 +33,13 @@ from training import utils
 from training.datasets import DatasetError, open_dataset
 from training.engine import NonFiniteLossError, evaluate, format_metrics_table, train_one_epoch
 from training.presets import train_transforms
+from training.utils import StepFailedError
+
+UNREADABLE_SHOWN = 10  # unreadable images named in the closing summary (log.jsonl names all)
+
+
+class ResumeWarning(UserWarning):
+    """A checkpoint resumed from without part of the training state (e.g. a serving copy)."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -98,9 +112,45 @@ def build_loaders(args, class_names, distributed: bool):
     if args.val_split:
         val_set = open_dataset(args.data, args.val_split, class_names=train_set.class_names,
                                include_difficult=True)
-        val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=SequentialSampler(val_set),
+        # Each process evaluates its own share of the images (every world-th one, none twice).
+        val_loader = DataLoader(val_set, batch_size=args.batch_size,
+                                sampler=range(utils.get_rank(), len(val_set), utils.get_world_size()),
                                 num_workers=args.workers, collate_fn=utils.collate_as_lists)
     return train_set, sampler, train_loader, val_loader
+
+
+def restore_training_state(
+    state: dict, *, optimizer: torch.optim.Optimizer, lr_scheduler: torch.optim.lr_scheduler.CosineAnnealingLR,
+    scaler: torch.amp.GradScaler | None, source: str,
+) -> int:
+    """Puts optimizer, schedule and GradScaler where the checkpoint left them; returns the epoch to train next.
+
+    The schedule is this run's (``lr_scheduler.T_max`` epochs down to its ``eta_min``): it goes on from the
+    checkpoint's LR and ends at eta_min at the last epoch, also when ``--epochs`` changed. A checkpoint
+    without optimizer state (a serving copy) gets a fresh optimizer at the LR of the schedule, with a warning.
+
+    Args:
+        source: names the checkpoint in messages.
+    Raises:
+        ValueError: the checkpoint has already trained all the epochs of this run.
+    """
+    done = state["epoch"]
+    if done >= lr_scheduler.T_max:
+        raise ValueError(f"{source} has trained {done} epochs: give --epochs larger than {done} to go on")
+    if state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        warnings.warn(f"{source} holds no optimizer state (a serving copy): epoch {done + 1} starts a fresh "
+                      "optimizer (momentum from zero) at the learning rate of the schedule", ResumeWarning)
+        for group in optimizer.param_groups:
+            progress = (1 + math.cos(math.pi * done / lr_scheduler.T_max)) / 2
+            group["lr"] = lr_scheduler.eta_min + (group["initial_lr"] - lr_scheduler.eta_min) * progress
+    # CosineAnnealingLR steps from the current LR towards eta_min at T_max (its recursive form), so only the
+    # epoch count is taken over; the saved T_max of a run with another --epochs would make the LR climb again.
+    lr_scheduler.last_epoch = done
+    if scaler is not None and state.get("scaler"):  # older checkpoints and CPU runs have none
+        scaler.load_state_dict(state["scaler"])
+    return done + 1
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -137,9 +187,8 @@ def train(args: argparse.Namespace) -> dict:
     scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
     start_epoch = 1
     if resumed:
-        optimizer.load_state_dict(resumed["optimizer"])
-        lr_scheduler.load_state_dict(resumed["lr_scheduler"])
-        start_epoch = resumed["epoch"] + 1
+        start_epoch = restore_training_state(resumed, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                             scaler=scaler, source=args.resume)
 
     output_dir = Path(args.output_dir)
     main = utils.is_main_process()
@@ -148,30 +197,41 @@ def train(args: argparse.Namespace) -> dict:
         print(f"training {config['backbone']} on {len(train_set)} images of {len(class_names)} classes "
               f"({world} process{'es' if world > 1 else ''}, {device}), epochs {start_epoch}..{args.epochs}")
     record: dict = {}
+    unreadable: Counter[str] = Counter()  # image -> epochs in which it was skipped
     for epoch in range(start_epoch, args.epochs + 1):
         if distributed:
             sampler.set_epoch(epoch)
         started = time.perf_counter()
-        losses = train_one_epoch(
+        result = train_one_epoch(
             model, optimizer, train_loader, device, epoch,
             warmup_iters=args.warmup_iters if epoch == 1 else 0, scaler=scaler,
             max_steps=args.max_steps_per_epoch, show_progress=args.progress and main)
         lr_scheduler.step()
-        record = {"epoch": epoch, **utils.reduce_mean(losses), "train_seconds": time.perf_counter() - started}
+        record = {"epoch": epoch, **result.losses, "lr": result.lr, "steps": result.steps,
+                  "unreadable_images": result.unreadable_images, "train_seconds": time.perf_counter() - started}
+        unreadable.update(result.unreadable_images)
+        metrics = evaluate(model_without_ddp, val_loader, device, class_names) if val_loader is not None else None
         if main:
-            if val_loader is not None:
-                metrics = evaluate(model_without_ddp, val_loader, device, class_names)
-                record.update(map50=metrics["map50"], map=metrics["map"])
+            if metrics is not None:
+                record.update(map50=metrics["map50"], map=metrics["map"],
+                              val_unreadable_images=metrics["unreadable_images"])
+                unreadable.update(metrics["unreadable_images"])
                 print(format_metrics_table(metrics))
             path = save_checkpoint(
                 output_dir / checkpoint_name(epoch), model=model_without_ddp, model_config=config,
                 class_names=class_names, epoch=epoch, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                args=vars(args))
+                scaler=scaler, args=vars(args))
             with open(output_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             print(f"epoch {epoch}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
                   + (f", mAP@0.5 {record['map50']:.3f}" if "map50" in record else "") + f" -> {path}")
         utils.barrier()
+    if unreadable:  # only rank 0 has the names
+        names = [f"  {name}: skipped in {count} epoch{'s' if count > 1 else ''}"
+                 for name, count in unreadable.most_common(UNREADABLE_SHOWN)]
+        more = len(unreadable) - len(names)
+        print(f"{len(unreadable)} unreadable image{'s' if len(unreadable) > 1 else ''} skipped "
+              f"(log.jsonl lists them per epoch):", *names, *([f"  and {more} more"] if more else []), sep="\n")
     return record
 
 
@@ -183,7 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.backbone_weights and not Path(args.backbone_weights).is_file():
             raise ValueError(f"backbone weights not found: {args.backbone_weights}")
         train(args)
-    except (DatasetError, CheckpointError, NonFiniteLossError, ValueError) as exc:
+    except (StepFailedError, NonFiniteLossError) as exc:
+        # Raised by every process together: rank 0 says it once; the process that failed adds its traceback.
+        if exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        if utils.is_main_process():
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
