@@ -25,7 +25,21 @@ def draw_detections(image_path: Path, detections: Iterable[Mapping[str, Any]], o
         the path written.
     """
     with Image.open(image_path) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
+        image = draw_boxes(ImageOps.exif_transpose(opened).convert("RGB"), detections)
+    if output.suffix.lower() not in _writable_suffixes():
+        output = output.with_suffix(".png")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    image.save(output)
+    return output
+
+
+def draw_boxes(image: Image.Image, detections: Iterable[Mapping[str, Any]]) -> Image.Image:
+    """Draws one labelled box per detection onto ``image`` (an RGB picture, changed in place) and returns it.
+
+    Args:
+        detections: ``{"label", "box": [x1, y1, x2, y2]}`` with an optional ``"score"``, written after the
+            label (annotated boxes have none).
+    """
     draw = ImageDraw.Draw(image)
     line = max(2, round(min(image.size) / 200))
     font = ImageFont.load_default(size=max(12, min(image.size) // 30))
@@ -33,18 +47,14 @@ def draw_detections(image_path: Path, detections: Iterable[Mapping[str, Any]], o
         color = label_color(detection["label"])
         x1, y1, x2, y2 = detection["box"]
         draw.rectangle((x1, y1, x2, y2), outline=color, width=line)
-        text = f"{detection['label']} {detection['score']:.2f}"
+        text = f"{detection['label']} {detection['score']:.2f}" if "score" in detection else detection["label"]
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         height = bottom - top + 2 * line
         # The label sits on the box's top edge, or inside the box when the edge is at the image's top.
         y = y1 - height if y1 >= height else y1
         draw.rectangle((x1, y, x1 + right - left + 2 * line, y + height), fill=color)
         draw.text((x1 + line, y + line - top), text, fill=(255, 255, 255), font=font)
-    if output.suffix.lower() not in _writable_suffixes():
-        output = output.with_suffix(".png")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    image.save(output)
-    return output
+    return image
 
 
 def label_color(label: str) -> tuple[int, int, int]:

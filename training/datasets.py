@@ -1,9 +1,10 @@
-"""Detection data sets: Pascal VOC (VOCdevkit and flat layouts) and COCO instances JSON.
+"""Detection data sets: Pascal VOC XML, COCO instances JSON and YOLO text labels, in the layouts of
+``training/layouts.py`` (which ``open_dataset`` recognises by itself).
 
 Every data set yields ``(image, target)``: ``image`` a float tensor [3, H, W] in 0..1, ``target`` a dict with
 ``boxes`` (float [N, 4], x1 y1 x2 y2 in pixels), ``labels`` (int64 [N], 1..K; label i+1 is ``class_names[i]``),
 ``difficult`` (bool [N]) and ``image_id`` (int: COCO's image id; for VOC the position of the annotation file
-among the folder's sorted XML files, the same in every split).
+among the folder's sorted XML files, the same in every split; for YOLO its position in the split).
 
 Annotations are parsed once, when the data set is built, and each image's header is read then too (its real
 size, its readability); pixels are decoded lazily in ``__getitem__`` by ``handler.decode``, the decoder serving
@@ -20,9 +21,9 @@ data set. Conventions:
   upright), which is also the frame in which the service answers.
 - ``difficult`` VOC objects and COCO ``iscrowd`` objects are left out when ``include_difficult`` is False
   (training) and kept, marked ``difficult=True``, when it is True (evaluation).
-- Images without objects stay in the set as negatives.
-- The flat VOC layout (``images/`` + ``annotations/``) has no split files: a stable hash of each file stem puts
-  about 10% of the images into "val" (the same images serve as "test"); "train" is the rest, "all" everything.
+- YOLO boxes (``class cx cy w h``, fractions of the image; or a polygon ``class x1 y1 x2 y2 ...``, whose
+  bounding box is taken) are scaled by the real image size. A class number without a name is malformed.
+- Images without objects stay in the set as negatives, also YOLO images without a label file (counted).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -41,18 +41,13 @@ import torch
 from torch.utils.data import Dataset
 
 from handler.decode import ImageError, image_to_tensor, load_image_file, read_image_size
+from training.layouts import (IMAGE_EXTENSIONS, CocoSource, DatasetError, VocSource, YoloSource, find_layout,
+                              in_split)
 
 Transforms = Callable[[torch.Tensor, dict], "tuple[torch.Tensor, dict]"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".ico")
-FLAT_VOC_SPLITS = ("train", "val", "test", "all")
-FLAT_VOC_VAL_PERCENT = 10
 _NAMES_SHOWN = 5
 _SIZE_NOTE = "(the annotation said 0x0 or another size)"
-
-
-class DatasetError(ValueError):
-    """A data set that cannot be used at all; the message is one line for the user."""
 
 
 class DatasetWarning(UserWarning):
@@ -101,6 +96,7 @@ class _Entry:
     image_id: int
     objects: list[_Object]
     malformed_objects: int = 0
+    relative_boxes: bool = False  # boxes in fractions of the image (YOLO), scaled by its real size
 
 
 @dataclass
@@ -108,6 +104,7 @@ class _Report:
     """Counts of what was repaired or dropped, turned into the one warning of a data set."""
 
     missing_images: list[str] = field(default_factory=list)
+    unlabelled_images: int = 0
     unreadable_images: list[str] = field(default_factory=list)
     broken_annotations: list[str] = field(default_factory=list)
     malformed_objects: int = 0
@@ -123,6 +120,8 @@ class _Report:
             _listed(self.missing_images, "image file missing", "image files missing", "dropped"),
             _listed(self.unreadable_images, "image unreadable", "images unreadable", "dropped"),
             _listed(self.broken_annotations, "annotation unreadable", "annotations unreadable", "skipped"),
+            _counted(self.unlabelled_images, "image without a label file kept as a negative",
+                     "images without a label file kept as negatives"),
             _counted(self.malformed_objects, "malformed object skipped", "malformed objects skipped"),
             _counted(self.orphan_annotations, "annotation of an unknown image or category ignored",
                      "annotations of unknown images or categories ignored"),
@@ -155,6 +154,7 @@ class DetectionDataset(Dataset):
         self.class_names = list(class_names)
         self.transforms = transforms
         self.description = description
+        self.layout = "records given in code"  # open_dataset says which layout it found on disk
 
     def __len__(self) -> int:
         return len(self.records)
@@ -186,40 +186,35 @@ class DetectionDataset(Dataset):
 
 
 class VOCDataset(DetectionDataset):
-    """Pascal VOC XML annotations, in a VOCdevkit folder or in flat ``images/`` + ``annotations/`` folders.
+    """Pascal VOC XML annotations: one XML file per image, in an annotation folder or beside the images.
 
     Class names, unless given, are the sorted object names of all annotation files of the folder, so every
     split of one folder gets the same list.
 
     Args:
-        root: a folder with ``Annotations/``, ``JPEGImages/`` and ``ImageSets/Main/{split}.txt``, or with
-            ``images/`` and ``annotations/*.xml``.
-        split: a split file name ("train", "val", "trainval", ...) or "all"; flat layout: train, val, test, all.
+        annotation_dir: the folder of the XML files.
+        image_dir: the folder of the images (may be ``annotation_dir``).
+        stems: the annotation file stems of the split (a VOCdevkit split file's lines); None: every XML file.
         class_names: fixes the labels' order; objects of other classes are an error.
         include_difficult: keep difficult objects (marked) instead of leaving them out.
         transforms: called last on (image, target).
+        description: names the data set and split in messages.
 
     Raises:
-        DatasetError: missing folder, unknown layout or split, no usable image, classes not covered.
+        DatasetError: no usable image, classes not covered.
     """
 
     def __init__(
-        self, *, root: str | os.PathLike, split: str = "train", class_names: Sequence[str] | None = None,
-        include_difficult: bool = False, transforms: Transforms | None = None,
+        self, *, annotation_dir: str | os.PathLike, image_dir: str | os.PathLike,
+        stems: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
+        include_difficult: bool = False, transforms: Transforms | None = None, description: str | None = None,
     ) -> None:
-        root = Path(root)
-        devkit = (root / "Annotations").is_dir()
-        if devkit:
-            annotation_dir, image_dir = root / "Annotations", root / "JPEGImages"
-        elif (root / "annotations").is_dir() and (root / "images").is_dir():
-            annotation_dir, image_dir = root / "annotations", root / "images"
-        else:
-            raise DatasetError(f"{root} is not a VOC data set (no Annotations/ or images/ + annotations/ folders)")
-        description = f"{root} [{split}]"
+        annotation_dir, image_dir = Path(annotation_dir), Path(image_dir)
+        description = description or str(annotation_dir)
         report = _Report()
 
         parsed = {path.stem: _parse_voc_xml(path) for path in sorted(annotation_dir.glob("*.xml"))}
-        stems = _devkit_split(root, split, parsed) if devkit else _flat_split(root, split, parsed)
+        stems = list(parsed) if stems is None else stems
         image_index = _ImageIndex(image_dir)
         image_ids = {stem: number for number, stem in enumerate(parsed)}
         entries = []
@@ -244,6 +239,8 @@ class CocoDataset(DetectionDataset):
 
     Args:
         annotation_file: the instances JSON.
+        split: "all", or "train"/"val"/"test" of the hash split of a file that holds every image (see
+            ``training/layouts.py``).
         image_root: folder that ``file_name`` is relative to; by default the first of json_dir/../JPEGImages,
             json_dir/../images, json_dir/images and json_dir that holds the images.
         class_names: fixes the labels' order (by category name); objects of other classes are an error.
@@ -256,14 +253,15 @@ class CocoDataset(DetectionDataset):
 
     def __init__(
         self, *, annotation_file: str | os.PathLike, image_root: str | os.PathLike | None = None,
-        class_names: Sequence[str] | None = None, include_difficult: bool = False,
+        split: str = "all", class_names: Sequence[str] | None = None, include_difficult: bool = False,
         transforms: Transforms | None = None,
     ) -> None:
         annotation_file = Path(annotation_file)
         coco = _read_coco_json(annotation_file)
-        images = [image for image in coco["images"] if isinstance(image, dict) and "id" in image]
+        images = [image for image in coco["images"] if isinstance(image, dict) and "id" in image
+                  and in_split(Path(str(image.get("file_name", ""))).stem, split)]
         root = Path(image_root) if image_root is not None else _find_coco_image_root(annotation_file, images)
-        description = f"{annotation_file} (images in {root})"
+        description = f"{annotation_file}{'' if split == 'all' else f' [{split}]'} (images in {root})"
         report = _Report()
 
         categories = sorted((c for c in coco["categories"] if isinstance(c, dict) and "id" in c),
@@ -277,8 +275,11 @@ class CocoDataset(DetectionDataset):
                 width=_int_or_zero(image.get("width")), height=_int_or_zero(image.get("height")),
                 image_id=int(image["id"]), objects=[],
             )
+        image_ids = {image["id"] for image in coco["images"] if isinstance(image, dict) and "id" in image}
         for annotation in coco["annotations"]:
             entry = entries.get(annotation.get("image_id")) if isinstance(annotation, dict) else None
+            if entry is None and isinstance(annotation, dict) and annotation.get("image_id") in image_ids:
+                continue  # an image of another split
             name = category_names.get(annotation.get("category_id")) if entry is not None else None
             if name is None:
                 report.orphan_annotations += 1
@@ -298,19 +299,58 @@ class CocoDataset(DetectionDataset):
         _finish(self, report)
 
 
-def open_dataset(
-    path: str | os.PathLike, split: str = "train", *, class_names: Sequence[str] | None = None,
-    include_difficult: bool = False, transforms: Transforms | None = None,
-) -> DetectionDataset:
-    """Opens a detection data set, recognising its format from what is on disk.
-
-    A ``.json`` file is COCO (``split`` is ignored); a folder with ``ImageSets/Main/{split}.txt`` is VOCdevkit;
-    one with ``annotations/instances_{split}.json`` is COCO; one with ``images/`` and ``annotations/*.xml`` is
-    flat VOC.
+class YoloDataset(DetectionDataset):
+    """YOLO labels: one .txt per image, a ``class cx cy w h`` line per object in fractions of the image.
 
     Args:
-        path: the data set file or folder.
+        images: (image path, label path) of each image; a missing label file makes the image a negative.
+        names: class names by class number, from data.yaml or classes.txt; None: the classes are named by their
+            numbers ("0", "1", ...), unless ``class_names`` names them in number order.
+        class_names: fixes the labels' order (by name); objects of other classes are an error.
+        include_difficult: YOLO has no difficult objects; accepted for a uniform call.
+        transforms: called last on (image, target).
+        description: names the data set and split in messages.
+
+    Raises:
+        DatasetError: no usable image, classes not covered.
+    """
+
+    def __init__(
+        self, *, images: Sequence[tuple[Path, Path]], names: Sequence[str] | None = None,
+        class_names: Sequence[str] | None = None, include_difficult: bool = False,
+        transforms: Transforms | None = None, description: str = "YOLO data set",
+    ) -> None:
+        report = _Report()
+        parsed = [(image, _parse_yolo_labels(label)) for image, label in images]
+        if names is None:
+            numbers = [n for _, labels in parsed if labels is not None for n, _ in labels.objects]
+            names = class_names or [str(n) for n in range(max(numbers, default=-1) + 1)]
+        entries = []
+        for image_id, (image, labels) in enumerate(parsed):
+            if labels is None:
+                report.unlabelled_images += 1
+                labels = _YoloLabels(objects=[], malformed=0)
+            objects = [_Object(name=names[n], box=box, difficult=False) for n, box in labels.objects
+                       if n < len(names)]
+            entries.append(_Entry(name=image.name, image_path=image, width=0, height=0, image_id=image_id,
+                                  objects=objects, malformed_objects=labels.malformed + len(labels.objects)
+                                  - len(objects), relative_boxes=True))
+        resolved = _resolve_class_names(list(names), class_names, entries, description)
+        records = _build_records(entries, resolved, include_difficult, report)
+        super().__init__(records=records, class_names=resolved, transforms=transforms, description=description)
+        _finish(self, report)
+
+
+def open_dataset(
+    path: str | os.PathLike, split: str = "train", *, format: str | None = None,
+    class_names: Sequence[str] | None = None, include_difficult: bool = False, transforms: Transforms | None = None,
+) -> DetectionDataset:
+    """Opens a detection data set in any layout of ``training/layouts.py``, recognised from what is on disk.
+
+    Args:
+        path: the data set folder, a COCO .json or a YOLO data.yaml.
         split: which part to read ("train", "val", "test", "all", ...).
+        format: "voc", "coco" or "yolo" to skip the guess; None guesses.
         class_names: fixes the label order (e.g. a checkpoint's); default: from the data.
         include_difficult: keep difficult/crowd objects, marked (evaluation), instead of leaving them out.
         transforms: called last on (image, target).
@@ -318,29 +358,19 @@ def open_dataset(
     Raises:
         DatasetError: missing path, unknown layout, empty split, class list not covering the data.
     """
-    path = Path(path)
+    source = find_layout(path, split, format=format)
     options = {"class_names": class_names, "include_difficult": include_difficult, "transforms": transforms}
-    if not path.exists():
-        raise DatasetError(f"data set not found: {path}")
-    if path.is_file():
-        if path.suffix.lower() == ".json":
-            return CocoDataset(annotation_file=path, **options)
-        raise DatasetError(f"{path} is not a data set: give a COCO .json file or a data set folder")
-    coco_file = path / "annotations" / f"instances_{split}.json"
-    devkit_split = (path / "ImageSets" / "Main" / f"{split}.txt").is_file()
-    if devkit_split or (split == "all" and (path / "Annotations").is_dir()):
-        return VOCDataset(root=path, split=split, **options)
-    if coco_file.is_file():
-        return CocoDataset(annotation_file=coco_file, **options)
-    if (path / "images").is_dir() and any((path / "annotations").glob("*.xml")):
-        return VOCDataset(root=path, split=split, **options)
-    if (path / "ImageSets" / "Main").is_dir() or any((path / "annotations").glob("instances_*.json")):
-        raise DatasetError(f"{path} has no split '{split}' (it has: {', '.join(_splits_on_disk(path))})")
-    raise DatasetError(
-        f"{path} is not a known data set layout: expected ImageSets/Main/{split}.txt (VOCdevkit), "
-        f"annotations/instances_{split}.json (COCO) or images/ + annotations/*.xml (flat VOC)"
-        + _layouts_below(path)
-    )
+    if isinstance(source, VocSource):
+        dataset: DetectionDataset = VOCDataset(
+            annotation_dir=source.annotation_dir, image_dir=source.image_dir, stems=source.stems,
+            description=source.description, **options)
+    elif isinstance(source, CocoSource):
+        dataset = CocoDataset(annotation_file=source.annotation_file, split=source.split, **options)
+    else:
+        dataset = YoloDataset(images=source.images, names=source.class_names, description=source.description,
+                              **options)
+    dataset.layout = source.layout
+    return dataset
 
 
 # --- VOC -------------------------------------------------------------------------------------------------------
@@ -406,38 +436,45 @@ class _ImageIndex:
         return self.by_name.get(name) or self.by_stem.get(Path(name).stem) or self.by_stem.get(stem)
 
 
-def _devkit_split(root: Path, split: str, parsed: dict) -> list[str]:
-    if split == "all":
-        return list(parsed)
-    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not split_file.is_file():
-        raise DatasetError(f"{root} has no split '{split}' (it has: {', '.join(_splits_on_disk(root))})")
-    return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+# --- YOLO ------------------------------------------------------------------------------------------------------
 
 
-def _flat_split(root: Path, split: str, parsed: dict) -> list[str]:
-    if split not in FLAT_VOC_SPLITS:
-        raise DatasetError(f"{root} has no split '{split}' (a flat VOC folder has: {', '.join(FLAT_VOC_SPLITS)})")
-    if split == "all":
-        return list(parsed)
-    held_out = split in ("val", "test")
-    return [stem for stem in parsed if _is_held_out(stem) == held_out]
+@dataclass
+class _YoloLabels:
+    objects: list[tuple[int, tuple[float, float, float, float] | None]]  # class number, box in fractions
+    malformed: int
 
 
-def _is_held_out(stem: str) -> bool:
-    return zlib.crc32(stem.encode("utf-8")) % 100 < FLAT_VOC_VAL_PERCENT
-
-
-def _splits_on_disk(root: Path) -> list[str]:
-    voc = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
-    coco = sorted(p.stem.removeprefix("instances_") for p in (root / "annotations").glob("instances_*.json"))
-    return sorted(set(voc + coco)) or ["none"]
-
-
-def _layouts_below(path: Path) -> str:
-    inner = sorted(p.name for p in path.iterdir()
-                   if p.is_dir() and ((p / "Annotations").is_dir() or (p / "annotations").is_dir()))
-    return f" (data sets found inside: {', '.join(inner)}; give one of them)" if inner else ""
+def _parse_yolo_labels(path: Path) -> _YoloLabels | None:
+    """Reads one YOLO label file (None when there is none); boxes are x1 y1 x2 y2 in fractions of the image."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return _YoloLabels(objects=[], malformed=1)
+    labels = _YoloLabels(objects=[], malformed=0)
+    for line in text.splitlines():
+        values = line.split()
+        if not values:
+            continue
+        try:
+            number, coordinates = int(values[0]), [float(v) for v in values[1:]]
+        except ValueError:
+            labels.malformed += 1
+            continue
+        if number < 0 or not all(math.isfinite(c) for c in coordinates) or \
+                not (len(coordinates) == 4 or (len(coordinates) >= 6 and len(coordinates) % 2 == 0)):
+            labels.malformed += 1
+            continue
+        if len(coordinates) == 4:
+            cx, cy, w, h = coordinates
+            box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        else:  # a segmentation polygon: its bounding box, as Ultralytics trains detection on it
+            xs, ys = coordinates[0::2], coordinates[1::2]
+            box = (min(xs), min(ys), max(xs), max(ys))
+        labels.objects.append((number, box if box[2] > box[0] and box[3] > box[1] else None))
+    return labels
 
 
 # --- COCO ------------------------------------------------------------------------------------------------------
@@ -505,7 +542,7 @@ def _build_records(
             report.unreadable_images.append(f"{entry.name} ({getattr(exc, 'error', type(exc).__name__)})")
             continue
         report.malformed_objects += entry.malformed_objects
-        if (entry.width, entry.height) != (width, height):
+        if (entry.width, entry.height) != (width, height) and not entry.relative_boxes:
             report.corrected_sizes += 1
         boxes, labels, difficult = [], [], []
         for obj in entry.objects:
@@ -513,6 +550,8 @@ def _build_records(
                 report.zero_size_boxes += 1
                 continue
             x1, y1, x2, y2 = obj.box
+            if entry.relative_boxes:
+                x1, y1, x2, y2 = x1 * width, y1 * height, x2 * width, y2 * height
             clipped = (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
                        min(max(x2, 0.0), width), min(max(y2, 0.0), height))
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
@@ -521,7 +560,7 @@ def _build_records(
             if obj.difficult and not include_difficult:
                 report.difficult_left_out += 1
                 continue
-            if clipped != obj.box:
+            if clipped != (x1, y1, x2, y2):
                 report.clipped_boxes += 1
             boxes.append(clipped)
             labels.append(label_of[obj.name])

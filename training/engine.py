@@ -7,7 +7,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     max_steps: int | None = None,
     show_progress: bool = True,
+    on_step: Callable[[int, dict[str, float], float], None] | None = None,
 ) -> EpochResult:
     """Trains one pass over ``data_loader`` (batches from ``utils.collate_as_lists``).
 
@@ -55,6 +56,8 @@ def train_one_epoch(
         warmup_iters: linear LR warm-up over the first iterations of this epoch (0: none).
         scaler: a GradScaler turns on mixed precision (CUDA only).
         max_steps: stop this epoch early after so many steps (for time-boxed runs).
+        on_step: called after each trained step with (step, its losses averaged over the processes, its LR),
+            e.g. to write training curves.
     Raises:
         NonFiniteLossError: when the total loss, averaged over the processes, is NaN or infinite.
         StepFailedError: when loading a batch or the forward pass raised on any process.
@@ -117,11 +120,15 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        step_lr = optimizer.param_groups[0]["lr"]
         if warmup is not None and step < warmup.total_iters:
             warmup.step()
         steps += 1
-        for key, value in {"loss": total, **{k: v.item() for k, v in reduced.items()}}.items():
+        step_losses = {"loss": total, **{k: v.item() for k, v in reduced.items()}}
+        for key, value in step_losses.items():
             sums[key] = sums.get(key, 0.0) + value
+        if on_step is not None:
+            on_step(step, step_losses, step_lr)
         bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     bar.close()
     # Each process skipped its own images; all of them are logged (rank 0 logs).

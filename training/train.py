@@ -28,10 +28,14 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from handler.checkpoint import (CheckpointError, checkpoint_name, load_checkpoint, model_from_checkpoint,
                                 save_checkpoint)
-from handler.detector import BACKBONES, backbone_state_from_torchvision, build_detector_from_config, model_config
+from handler.detector import BACKBONES, build_detector_from_config, model_config
+from handler.settings import ServingSettings
 from training import utils
+from training.backbones import backbone_start_state, default_backbone_weights
 from training.datasets import DatasetError, open_dataset
 from training.engine import NonFiniteLossError, evaluate, format_metrics_table, train_one_epoch
+from training.events import TrainingCurves
+from training.layouts import FORMATS
 from training.presets import train_transforms
 from training.utils import StepFailedError
 
@@ -44,13 +48,19 @@ class ResumeWarning(UserWarning):
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="VOC folder (VOCdevkit or images/+annotations/) or COCO json")
+    parser.add_argument("--data", required=True,
+                        help="data set folder (Pascal VOC, COCO or YOLO; see training/layouts.py), COCO .json "
+                             "or YOLO data.yaml")
+    parser.add_argument("--format", default=None, choices=FORMATS,
+                        help="the data set's format when the guess from its files is wrong")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="val", help="split evaluated after each epoch ('' to skip)")
     parser.add_argument("--classes", default=None, help="comma-separated class names: fixes their order")
     parser.add_argument("--backbone", default="vgg16", help=f"one of {', '.join(BACKBONES)}")
-    parser.add_argument("--backbone-weights", default=None,
-                        help="local torchvision state dict for the backbone (e.g. ImageNet VGG16)")
+    parser.add_argument("--backbone-weights", default=None, metavar="imagenet|PATH|none",
+                        help="what the backbone starts from: torchvision's ImageNet weights (from the torch "
+                             "cache, downloaded when missing), a torchvision state dict file, or random weights "
+                             "(default: imagenet for vgg16 and resnet50, none for demo)")
     parser.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
                         help="change one model setting, e.g. min_size=600 (JSON values); repeatable")
     parser.add_argument("--epochs", type=int, default=20)
@@ -87,18 +97,27 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def load_backbone_weights(model: torch.nn.Module, backbone: str, path: str) -> None:
-    """Loads a local torchvision classification state dict into ``model.backbone``."""
-    try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-        model.backbone.load_state_dict(backbone_state_from_torchvision(backbone, weights))
-    except Exception as exc:  # unreadable file or keys/shapes of another network
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load {path} into the {backbone} backbone: {first_line}") from None
+def build_new_detector(backbone: str, num_classes: int, weights: str, overrides: dict[str, Any]):
+    """A new model whose backbone starts from ``weights`` (see ``training/backbones.py``); returns (model, config).
+
+    Pretrained backbones keep their batch-norm statistics (``backbone_norm``), so the config records what the
+    backbone started from.
+    """
+    pretrained = {"backbone_norm": "frozen_batch_norm"} if weights != "none" else {}
+    config = model_config(backbone, num_classes, **{**pretrained, **overrides})  # wrong settings said first
+    start_state = backbone_start_state(backbone, weights)
+    model = build_detector_from_config(config)
+    if start_state is not None:
+        try:
+            model.backbone.load_state_dict(start_state)
+        except RuntimeError as exc:  # keys or shapes of another network
+            first_line = str(exc).strip().splitlines()[0]
+            raise ValueError(f"cannot load {weights} into the {backbone} backbone: {first_line}") from None
+    return model, config
 
 
 def build_loaders(args, class_names, distributed: bool):
-    train_set = open_dataset(args.data, args.train_split, class_names=class_names,
+    train_set = open_dataset(args.data, args.train_split, format=args.format, class_names=class_names,
                              transforms=train_transforms(hflip_prob=args.hflip_prob))
     sampler = DistributedSampler(train_set, seed=args.seed) if distributed else RandomSampler(train_set)
     if args.aspect_ratio_group:
@@ -110,7 +129,7 @@ def build_loaders(args, class_names, distributed: bool):
                               collate_fn=utils.collate_as_lists, persistent_workers=args.workers > 0)
     val_loader = None
     if args.val_split:
-        val_set = open_dataset(args.data, args.val_split, class_names=train_set.class_names,
+        val_set = open_dataset(args.data, args.val_split, format=args.format, class_names=train_set.class_names,
                                include_difficult=True)
         # Each process evaluates its own share of the images (every world-th one, none twice).
         val_loader = DataLoader(val_set, batch_size=args.batch_size,
@@ -171,10 +190,9 @@ def train(args: argparse.Namespace) -> dict:
         config = resumed["model_config"]
         model = model_from_checkpoint(resumed)
     else:
-        config = model_config(args.backbone, len(class_names) + 1, **parse_overrides(args.model_override))
-        model = build_detector_from_config(config)
-        if args.backbone_weights:
-            load_backbone_weights(model, args.backbone, args.backbone_weights)
+        args.backbone_weights = args.backbone_weights or default_backbone_weights(args.backbone)
+        model, config = build_new_detector(args.backbone, len(class_names) + 1, args.backbone_weights,
+                                           parse_overrides(args.model_override))
     model.to(device)
     model_without_ddp = model
     if distributed:
@@ -192,10 +210,15 @@ def train(args: argparse.Namespace) -> dict:
 
     output_dir = Path(args.output_dir)
     main = utils.is_main_process()
+    curves = None
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        curves = TrainingCurves(log_dir=output_dir, class_names=class_names,
+                                steps_per_epoch=min(args.max_steps_per_epoch or len(train_loader), len(train_loader)),
+                                score_threshold=ServingSettings.score_threshold)
         print(f"training {config['backbone']} on {len(train_set)} images of {len(class_names)} classes "
-              f"({world} process{'es' if world > 1 else ''}, {device}), epochs {start_epoch}..{args.epochs}")
+              f"({world} process{'es' if world > 1 else ''}, {device}), epochs {start_epoch}..{args.epochs}; "
+              f"data: {train_set.layout}" + ("" if resumed else f"; backbone weights: {args.backbone_weights}"))
     record: dict = {}
     unreadable: Counter[str] = Counter()  # image -> epochs in which it was skipped
     for epoch in range(start_epoch, args.epochs + 1):
@@ -205,7 +228,8 @@ def train(args: argparse.Namespace) -> dict:
         result = train_one_epoch(
             model, optimizer, train_loader, device, epoch,
             warmup_iters=args.warmup_iters if epoch == 1 else 0, scaler=scaler,
-            max_steps=args.max_steps_per_epoch, show_progress=args.progress and main)
+            max_steps=args.max_steps_per_epoch, show_progress=args.progress and main,
+            on_step=(lambda step, losses, lr: curves.log_step(epoch, step, losses, lr)) if curves else None)
         lr_scheduler.step()
         record = {"epoch": epoch, **result.losses, "lr": result.lr, "steps": result.steps,
                   "unreadable_images": result.unreadable_images, "train_seconds": time.perf_counter() - started}
@@ -223,6 +247,8 @@ def train(args: argparse.Namespace) -> dict:
                 scaler=scaler, args=vars(args))
             with open(output_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
+            curves.end_epoch(epoch, metrics, model_without_ddp,
+                             val_loader.dataset if val_loader is not None else None, device)
             print(f"epoch {epoch}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
                   + (f", mAP@0.5 {record['map50']:.3f}" if "map50" in record else "") + f" -> {path}")
         utils.barrier()
@@ -232,6 +258,8 @@ def train(args: argparse.Namespace) -> dict:
         more = len(unreadable) - len(names)
         print(f"{len(unreadable)} unreadable image{'s' if len(unreadable) > 1 else ''} skipped "
               f"(log.jsonl lists them per epoch):", *names, *([f"  and {more} more"] if more else []), sep="\n")
+    if curves:
+        curves.close()
     return record
 
 
@@ -240,8 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume is None and args.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {args.backbone!r}; choose one of: {', '.join(BACKBONES)}")
-        if args.backbone_weights and not Path(args.backbone_weights).is_file():
-            raise ValueError(f"backbone weights not found: {args.backbone_weights}")
         train(args)
     except (StepFailedError, NonFiniteLossError) as exc:
         # Raised by every process together: rank 0 says it once; the process that failed adds its traceback.
