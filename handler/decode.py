@@ -3,6 +3,10 @@
 Used by the TorchServe handler (so it is packed into the model archive and imports only torch, torchvision,
 Pillow and numpy) and by the training data sets, so a photo is seen the same way in training and in serving.
 
+For serving, ``decode_for_model`` shrinks a large upload to the model's input size while it is still 8-bit
+(a JPEG is decoded at 1/2, 1/4 or 1/8 of its size by the codec itself), so the memory an upload costs follows
+the model's input, not the photo: the model would shrink it to that size anyway.
+
 Each failure is an ``ImageError`` carrying the HTTP status and the short error code a handler answers with.
 Truncated files fail: this module relies on Pillow's default ``ImageFile.LOAD_TRUNCATED_IMAGES = False``.
 """
@@ -11,12 +15,14 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 # Pillow formats we decode ("JPEG" also opens multi-picture MPO files: their first picture). Everything else
 # Pillow knows (PSD, EPS, TGA, JPEG 2000, AVIF, ...) is refused with 415 so that serving behaves the same
@@ -41,6 +47,26 @@ _FOREIGN_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 
 _WHITE = (255, 255, 255)
 _UINT16_MAX = 65535
+
+# Pillow decodes the largest picture of an .ico file while opening it: each picture's size is read from its
+# own header (PNG or BMP) first.
+_ICO_SIGNATURE = b"\x00\x00\x01\x00"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ICO_ENTRY_SIZE = 16
+_BMP_CORE_HEADER_SIZE = 12
+
+# Modes Pillow resamples as colours; others are converted first ("1" and palettes would be resized by
+# nearest neighbour, 16-bit gray cannot be resized at all).
+_RESAMPLED_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"})
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageError(ValueError):
@@ -74,6 +100,33 @@ class TooManyPixelsError(ImageError):
     error = "too_many_pixels"
 
 
+@dataclass(frozen=True)
+class ModelInputSize:
+    """The resize rule of torchvision's detection transform (``GeneralizedRCNNTransform``): the short side
+    becomes ``min_size`` unless the long side would then pass ``max_size``, which it then becomes."""
+
+    min_size: int
+    max_size: int
+
+    def scale(self, width: int, height: int) -> float:
+        """The factor the model resizes a ``width`` x ``height`` image by."""
+        return min(self.min_size / min(width, height), self.max_size / max(width, height))
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upload decoded for a model.
+
+    Args:
+        image: upright RGB, shrunk to the model's input size (never enlarged).
+        width / height: the upright upload's own size, the pixels its boxes are reported in.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+
+
 def decode_image(data: bytes | bytearray, *, max_pixels: int | None = None) -> Image.Image:
     """Decodes image bytes into an upright RGB image (EXIF orientation applied, first frame of animations).
 
@@ -85,17 +138,27 @@ def decode_image(data: bytes | bytearray, *, max_pixels: int | None = None) -> I
     Raises:
         EmptyImageError, NotAnImageError, UnsupportedImageFormatError, TooManyPixelsError.
     """
-    if not data:
-        raise EmptyImageError("the image is empty (0 bytes)")
-    image = _open(io.BytesIO(data), max_pixels=max_pixels)
-    try:
-        image.load()
-        upright = ImageOps.exif_transpose(image)
-    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
-        raise NotAnImageError(
-            f"the {image.format} image is corrupt or truncated and cannot be decoded ({exc})"
-        ) from None
-    return _to_rgb(upright)
+    return _decode(data, max_pixels=max_pixels, fit=None).image
+
+
+def decode_for_model(
+    data: bytes | bytearray, *, fit: ModelInputSize, max_pixels: int | None = None
+) -> DecodedImage:
+    """Decodes image bytes as ``decode_image`` does, shrunk in 8 bits to the size the model resizes it to.
+
+    A JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of its size that is still at least that size
+    (Pillow's draft mode), then resized once; other formats are decoded whole, then resized once. Images the
+    model would enlarge are left as they are. The EXIF orientation is applied after shrinking.
+
+    Args:
+        data: the encoded file.
+        fit: the model's resize rule (``Tagger.input_size``).
+        max_pixels: as in ``decode_image``.
+
+    Raises:
+        EmptyImageError, NotAnImageError, UnsupportedImageFormatError, TooManyPixelsError.
+    """
+    return _decode(data, max_pixels=max_pixels, fit=fit)
 
 
 def load_image_file(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
@@ -140,8 +203,48 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return TF.to_tensor(_to_rgb(image))
 
 
+def _decode(data: bytes | bytearray, *, max_pixels: int | None, fit: ModelInputSize | None) -> DecodedImage:
+    if not data:
+        raise EmptyImageError("the image is empty (0 bytes)")
+    image = _open(io.BytesIO(data), max_pixels=max_pixels)
+    width, height = image.size
+    scale = min(1.0, fit.scale(width, height)) if fit is not None else 1.0
+    # The scale depends on the short and the long side only, so it is the same before and after rotation.
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    try:
+        if target != image.size:
+            image.draft(None, target)  # JPEG only: the codec decodes at a reduced size of at least `target`
+        image.load()
+        orientation = _exif_orientation(image)
+        if target != image.size:
+            image = _resampleable(image).resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        if orientation in _UPRIGHT:
+            image = image.transpose(_UPRIGHT[orientation])
+            width, height = (height, width) if orientation >= 5 else (width, height)
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+        raise NotAnImageError(
+            f"the {image.format} image is corrupt or truncated and cannot be decoded ({exc})"
+        ) from None
+    upright = _to_rgb(image)
+    upright.info.pop("exif", None)  # the orientation is applied: nothing may apply it again
+    return DecodedImage(image=upright, width=width, height=height)
+
+
+def _resampleable(image: Image.Image) -> Image.Image:
+    """The image in a mode that Pillow resizes by interpolating colours (see ``_RESAMPLED_MODES``)."""
+    if image.mode in _RESAMPLED_MODES:
+        return image
+    if image.mode.startswith("I;16"):
+        return image.convert("I")  # the values stay 0..65535; ``_to_rgb`` scales them to 8 bits
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    return image.convert("L" if image.mode == "1" else "RGB")
+
+
 def _open(source: BinaryIO, *, max_pixels: int | None) -> Image.Image:
     """Identifies the format from the content and checks the pixel count; decodes no pixels."""
+    if max_pixels is not None:
+        _check_ico_pictures(source, max_pixels=max_pixels)
     try:
         image = Image.open(source, formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:
@@ -165,6 +268,42 @@ def _open(source: BinaryIO, *, max_pixels: int | None) -> Image.Image:
             f"the image is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}"
         )
     return image
+
+
+def _check_ico_pictures(source: BinaryIO, *, max_pixels: int) -> None:
+    """Refuses an .ico file holding a picture over ``max_pixels``, before Pillow opens (and decodes) it.
+
+    Each directory entry's own width and height are one byte each (at most 256); the PNG or BMP picture it
+    points at says its real size, and that is what Pillow decodes.
+    """
+    source.seek(0)
+    if source.read(len(_ICO_SIGNATURE)) != _ICO_SIGNATURE:
+        source.seek(0)
+        return
+    data = _ICO_SIGNATURE + source.read()
+    source.seek(0)
+    (count,) = struct.unpack_from("<H", data, 4)
+    for entry in range(count):
+        start = 6 + entry * _ICO_ENTRY_SIZE
+        if start + _ICO_ENTRY_SIZE > len(data):
+            return  # a truncated directory: Pillow refuses the file when it opens it
+        (offset,) = struct.unpack_from("<I", data, start + 12)
+        picture = data[offset : offset + 24]
+        if picture.startswith(_PNG_SIGNATURE) and len(picture) == 24:
+            width, height = struct.unpack_from(">II", picture, 16)  # the IHDR chunk
+        elif len(picture) >= 12 and struct.unpack_from("<I", picture)[0] == _BMP_CORE_HEADER_SIZE:
+            width, height = struct.unpack_from("<HH", picture, 4)
+            height //= 2  # a BMP in an icon counts its transparency mask in its height
+        elif len(picture) >= 12:
+            width, height = (abs(v) for v in struct.unpack_from("<ii", picture, 4))
+            height //= 2
+        else:
+            continue  # points outside the file: Pillow refuses it
+        if width * height > max_pixels:
+            raise TooManyPixelsError(
+                f"the ICO file holds a {width}x{height} = {width * height:,} pixel picture, more than the limit "
+                f"of {max_pixels:,}"
+            )
 
 
 def _identify_foreign_format(source: BinaryIO) -> str | None:
@@ -194,8 +333,8 @@ def _looks_like_svg(head: bytes) -> bool:
 
 def _exif_orientation(image: Image.Image) -> int:
     # A PNG's getexif() decodes the pixels to look for an eXIf chunk after the image data; reading only the
-    # header, such a (rare) PNG counts as unrotated.
-    if image.format == "PNG" and "exif" not in image.info:
+    # header (not loaded yet), such a (rare) PNG counts as unrotated.
+    if image.format == "PNG" and "exif" not in image.info and image.tile:
         return 1
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     return orientation if isinstance(orientation, int) else 1

@@ -4,6 +4,9 @@ TorchServe hands a handler one dict per request (see ``shared/TORCHSERVE-NOTES.m
 ``row["body"]`` (``bytearray`` for image/octet-stream bodies, a parsed value for JSON, ``str`` for text), every
 multipart field is a key of its own, and a body sent without a Content-Type may arrive as an empty row. Headers
 come with the client's capitalisation, so they are looked up case-insensitively. Nothing here knows torch.
+
+A multipart field without a filename (``-F note=holiday``) arrives as bytes without a Content-Type, like a
+file would: such a part holding a little text is an ordinary form field and is ignored.
 """
 
 from __future__ import annotations
@@ -13,14 +16,23 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .kserve import KServeEnvelope
 
 RESPONSE_FORMATS = ("dict", "list")
 FORMAT_FIELD = "format"
 THRESHOLD_FIELD = "threshold"
 JSON_IMAGE_FIELD = "data"
+RAW_BODY = "body"
 FORMAT_HEADER = "X-Tag-Format"
 THRESHOLD_HEADER = "X-Score-Threshold"
+# TorchServe sends a request to its explain or describe path with one of these headers set to "True"
+# (POST /explanations/<model> sets "explain"); this model has no such path.
+OTHER_PATH_HEADERS = ("explain", "describe")
+# A multipart part without a Content-Type holding at most this much UTF-8 text is a form field, not a file.
+FORM_FIELD_MAX_BYTES = 64 * 1024
 
 UPLOAD_STYLES = (
     "send the image as a multipart file (curl -F data=@photo.jpg), as the raw body (curl -T photo.jpg, "
@@ -40,15 +52,17 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class TagOptions:
-    """How one request wants its answer: ``response_format`` is "dict" or "list"."""
+    """How one request wants its answer: ``response_format`` is "dict" or "list"; ``envelope`` wraps the answer
+    of a KServe v1/v2 request (None: the response as it is)."""
 
     response_format: str
     threshold: float
+    envelope: KServeEnvelope | None = None
 
 
 @dataclass(frozen=True)
 class TagRequest:
-    image: bytes
+    image: bytes | bytearray
     options: TagOptions
 
 
@@ -62,11 +76,19 @@ def parse_request(row: Any, headers: Mapping[str, Any], *, defaults: TagOptions)
         defaults: the options of a request that names none.
 
     Raises:
-        RequestError: 400 no image, two images, broken JSON or base64; 422 a bad format or threshold.
+        RequestError: 400 no image, two images, broken JSON or base64, an explain or describe request;
+            422 a bad format or threshold.
     """
+    for header in OTHER_PATH_HEADERS:
+        if (header_value(headers, header) or "").strip().lower() == "true":
+            raise RequestError(
+                400, "predictions_only",
+                f"this model offers predictions only (the request asks to {header}): "
+                f"POST the image to /predictions/<model> without an {header!r} header",
+            )
     if not isinstance(row, Mapping):
         raise RequestError(400, "no_image", f"the request holds no image: {UPLOAD_STYLES}")
-    images: dict[str, bytes] = {}
+    images: dict[str, bytes | bytearray] = {}
     fields: dict[str, Any] = {}
     text_parts: list[str] = []
     for name, value in row.items():
@@ -77,8 +99,10 @@ def parse_request(row: Any, headers: Mapping[str, Any], *, defaults: TagOptions)
         elif isinstance(value, Mapping):
             fields.update({k: value[k] for k in (FORMAT_FIELD, THRESHOLD_FIELD) if k in value})
             images[name] = _image_from_json(value)
+        elif isinstance(value, (bytes, bytearray)) and name != RAW_BODY and _is_form_field(headers, name, value):
+            text_parts.append(name)
         elif isinstance(value, (bytes, bytearray)):
-            images[name] = bytes(value)
+            images[name] = value
         elif isinstance(value, str):
             text_parts.append(name)
         else:
@@ -126,7 +150,7 @@ def parse_threshold(value: Any) -> float:
         raise problem
     try:
         threshold = float(value) if isinstance(value, (int, float)) else float(_text(value, THRESHOLD_FIELD))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float (400 digits)
         raise problem from None
     if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise problem
@@ -162,8 +186,19 @@ def _json_part(name: str, value: bytes | bytearray) -> Any:
     """TorchServe parses only ``application/json`` exactly; a charset parameter or broken JSON leaves bytes."""
     try:
         return json.loads(bytes(value).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply ("[" * 200000)
         raise RequestError(400, "bad_json", f"the {name!r} part says it is JSON but is not valid JSON") from None
+
+
+def _is_form_field(headers: Mapping[str, Any], part_name: str, value: bytes | bytearray) -> bool:
+    """A multipart part without a Content-Type of its own that holds a little printable UTF-8 text."""
+    if _part_content_type(headers, part_name) or len(value) > FORM_FIELD_MAX_BYTES:
+        return False
+    try:
+        text = bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
 
 
 def _part_content_type(headers: Mapping[str, Any], part_name: str) -> str:

@@ -1,4 +1,5 @@
-"""Serving knobs of the tagger: the ``handler:`` section of ``model/model-config.yaml``."""
+"""Serving knobs of the tagger: their defaults (here, their one home) and the ``handler:`` section of
+``model/model-config.yaml`` that overrides them."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ class ServingSettings:
         default_format: "dict" or "list", for requests that ask for neither.
         max_pixels: images with more pixels are refused before decoding; None means no limit.
         half_precision / channels_last: GPU speed-ups; ignored on CPU.
-        torch_threads: threads of one CPU worker; None keeps torch's default (one per core). With batches
-            arriving while the front end and other workers also need the cores, 1 avoids oversubscription.
+        torch_threads: threads of one CPU worker; None gives each worker its share of the cores
+            (``handler/sizing.py``).
     """
 
     score_threshold: float = 0.5

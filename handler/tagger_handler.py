@@ -4,32 +4,36 @@ TorchServe refuses a handler file that defines more than one class, so every oth
 ``handler`` package. Imports are absolute (``handler.…``): inside the model archive this file sits at the top
 level next to the ``handler/`` folder, and in the repository it is ``handler/tagger_handler.py``.
 
-Each request of a batch is answered on its own: a bad one gets its 4xx status and a JSON error body through
-``context.set_response_status``; the others are tagged in one model call.
+Each request of a batch is answered on its own, whatever it holds: a bad one gets its 4xx status and a JSON
+error body through ``context.set_response_status``; the others are tagged in one model call. When that call
+fails, the images run one by one and only an image that fails alone gets a 500. The worker never raises out
+of ``handle`` (TorchServe would answer the whole batch 503).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.decode import ImageError, decode_image, image_to_tensor
+from handler.decode import ImageError
+from handler.kserve import open_envelope
 from handler.request_parsing import RequestError, TagOptions, parse_request
 from handler.settings import settings_from_config
-from handler.tagging import Detection, Tagger, detections_above, error_response, format_response
+from handler.sizing import cpu_cores, worker_layout
+from handler.tagging import Detection, Prepared, Refusal, Tagged, Tagger, detections_above, format_response
 
-# A row refused in preprocess travels through inference and postprocess as its exception.
-Refusal = RequestError | ImageError
-Prepared = tuple[TagOptions, torch.Tensor]  # the options and the image as a [3, H, W] tensor
-Tagged = tuple[TagOptions, torch.Size, list[Detection]]  # the options, the image's shape, its detections
+logger = logging.getLogger(__name__)
+MESSAGE_LIMIT = 200  # characters of an unforeseen exception's message quoted in an answer
 
 
 class TaggerHandler(BaseHandler):
-    """initialize -> preprocess (rows to tensors) -> inference (one model call) -> postprocess (rows, statuses)."""
+    """initialize -> preprocess (rows to images) -> inference (one model call) -> postprocess (rows, statuses)."""
 
     def initialize(self, context: Any) -> None:
         """Rebuilds the model from the archive's checkpoint and reads the ``handler:`` settings."""
@@ -39,8 +43,13 @@ class TaggerHandler(BaseHandler):
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
-        if self.device.type == "cpu" and self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # kernels and pinned memory of this worker on its own GPU
+        # The workers share the cores: handler/sizing.py gives each its share (explicit settings win).
+        torch.set_num_threads(worker_layout(
+            cores=cpu_cores(), gpus=torch.cuda.device_count() if self.device.type == "cuda" else 0,
+            workers=(context.model_yaml_config or {}).get("minWorkers"), torch_threads=self.settings.torch_threads,
+        ).torch_threads)
         self.model_pt_path = str(Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"])
         self.tagger = Tagger.from_checkpoint(
             self.model_pt_path,
@@ -51,27 +60,46 @@ class TaggerHandler(BaseHandler):
         self.model = self.tagger.model
         self.initialized = True
 
+    def handle(self, data: list[Any], context: Any) -> list[dict | list]:
+        """Every request takes the prediction path. ``BaseHandler.handle`` would send the whole batch down its
+        explain or describe path when the batch's first request asks for it; here such requests are refused
+        one by one in ``preprocess`` (400 ``predictions_only``)."""
+        started = time.perf_counter()
+        self.context = context
+        responses = self.postprocess(self.inference(self.preprocess(data)))
+        self._add_time("HandlerTime", started)
+        return responses
+
     def preprocess(self, data: list[Any]) -> list[Prepared | Refusal]:
         started = time.perf_counter()
         defaults = TagOptions(response_format=self.settings.default_format, threshold=self.settings.score_threshold)
         prepared: list[Prepared | Refusal] = []
         for idx, row in enumerate(data):
             try:
+                row, envelope = open_envelope(row)  # a KServe v1/v2 body: its one image as a plain JSON row
                 request = parse_request(row, self.context.get_all_request_header(idx), defaults=defaults)
-                image = decode_image(request.image, max_pixels=self.settings.max_pixels)
-                prepared.append((request.options, image_to_tensor(image)))
+                image = self.tagger.load_image(request.image, max_pixels=self.settings.max_pixels)
+                prepared.append(Prepared(options=replace(request.options, envelope=envelope), image=image))
             except (RequestError, ImageError) as refusal:
-                prepared.append(refusal)
+                prepared.append(Refusal.of(refusal))
+            except Exception as exc:  # anything unforeseen in one stranger's request is that request's problem
+                logger.warning("request %d of the batch could not be read", idx, exc_info=True)
+                prepared.append(Refusal(status=400, error="bad_request",
+                                        message=f"the request could not be read ({_quote(exc)})"))
         self._add_time("TaggerPreprocessTime", started)
         return prepared
 
     def inference(self, data: list[Prepared | Refusal], *args: Any, **kwargs: Any) -> list[Tagged | Refusal]:
         started = time.perf_counter()
-        accepted = [item for item in data if not isinstance(item, Refusal)]
-        detections = iter(self.tagger.detect([tensor for _, tensor in accepted]))
-        results: list[Tagged | Refusal] = [
-            item if isinstance(item, Refusal) else (item[0], item[1].shape, next(detections)) for item in data
-        ]
+        accepted = [item for item in data if isinstance(item, Prepared)]
+        found = iter(self.tagger.detect_with_fallback([item.image for item in accepted]))
+        results: list[Tagged | Refusal] = []
+        for item in data:
+            outcome = next(found) if isinstance(item, Prepared) else item  # detections, or the row's Refusal
+            if isinstance(outcome, list):
+                outcome = Tagged(options=item.options, width=item.image.width, height=item.image.height,
+                                 detections=outcome)
+            results.append(outcome)
         self._add_time("TaggerInferenceTime", started)
         self.context.metrics.add_counter("TaggerImages", len(accepted))
         return results
@@ -82,25 +110,42 @@ class TaggerHandler(BaseHandler):
         reported = 0
         for idx, item in enumerate(data):
             self.context.set_response_content_type(idx, "application/json")
-            if isinstance(item, Refusal):
-                self.context.set_response_status(item.status, _reason_phrase(str(item)), idx)
-                responses.append(error_response(item))
-                continue
-            options, (_, height, width), detections = item
-            kept = detections_above(
-                detections, threshold=options.threshold, max_detections=self.settings.max_detections
-            )
-            reported += len(kept)
-            responses.append(
-                format_response(kept, response_format=options.response_format, width=width, height=height,
-                                threshold=options.threshold)
-            )
+            if isinstance(item, Tagged):
+                try:
+                    kept = detections_above(item.detections, threshold=item.options.threshold,
+                                            max_detections=self.settings.max_detections)
+                    responses.append(self._respond(idx, item, kept))
+                    reported += len(kept)
+                    continue
+                except Exception as exc:  # a fault in answering one request must not fail its batch
+                    logger.error("the answer to request %d of the batch could not be written", idx, exc_info=True)
+                    item = Refusal(status=500, error="response_failed",
+                                   message=f"the answer could not be written ({_quote(exc)})")
+            self.context.set_response_status(item.status, _reason_phrase(item.message), idx)
+            responses.append(item.body())
         self._add_time("TaggerPostprocessTime", started)
         self.context.metrics.add_counter("TaggerDetections", reported)
         return responses
 
+    def _respond(self, idx: int, item: Tagged, kept: list[Detection]) -> dict | list:
+        """The response to one tagged request: the asked format, in its KServe envelope if it came in one."""
+        response = format_response(kept, response_format=item.options.response_format, width=item.width,
+                                   height=item.height)
+        if item.options.envelope is not None:
+            model = self.manifest["model"]
+            response = item.options.envelope.wrap(response, model_name=model["modelName"],
+                                                  model_version=model["modelVersion"],
+                                                  torchserve_id=self.context.get_request_id(idx))
+        return response
+
     def _add_time(self, name: str, started: float) -> None:
         self.context.metrics.add_time(name, round((time.perf_counter() - started) * 1000, 2), None, "ms")
+
+
+def _quote(exc: BaseException) -> str:
+    """``Type: message`` of an exception, cut to ``MESSAGE_LIMIT`` characters."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 
 def _reason_phrase(message: str, limit: int = 200) -> str:

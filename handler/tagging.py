@@ -1,28 +1,36 @@
 """The tagging core: a checkpoint in, detections and tag responses out. It knows nothing of TorchServe,
 so the client, the benchmarks or another server can use it as is.
 
-Images go to the model as one list of tensors of their own sizes (torchvision resizes and batches them);
-boxes come back in each original image's pixels.
+An upload is decoded straight to the model's input size in 8 bits (``Tagger.load_image``); images go to the
+model as one list of tensors of their own sizes (torchvision resizes and batches them); boxes come back in
+each uploaded image's pixels, best score first. A response is then cut to its threshold once
+(``detections_above``) and formatted (``format_response``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
+import torchvision.transforms.functional as TF
 from torchvision.models.detection import FasterRCNN
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .decode import ImageError
-from .request_parsing import RequestError
+from .decode import ImageError, ModelInputSize, decode_for_model
+from .request_parsing import RequestError, TagOptions
+
+logger = logging.getLogger(__name__)
 
 # torchvision resizes an image so its long side fits max_size; a very thin image (4000x1) then gets a short
 # side that rounds to 0 pixels and the resize crashes. Such images are padded until their resized short side
 # is at least this many pixels: one cell of the coarsest (stride 32) feature map.
 MIN_RESIZED_SIDE = 32
+# Reported boxes are rounded to this many decimals; a box must stay wider and higher than their precision.
+BOX_DECIMALS = 2
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,61 @@ class Detection:
     box: tuple[float, float, float, float]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "score": round(self.score, 4), "box": [round(v, 2) for v in self.box]}
+        return {"label": self.label, "score": round(self.score, 4), "box": [round(v, BOX_DECIMALS) for v in self.box]}
+
+
+@dataclass(frozen=True)
+class ModelImage:
+    """One image for ``Tagger.detect``.
+
+    Args:
+        pixels: ``[3, h, w]``, uint8 or float in [0, 1], at most the model's input size.
+        width / height: the size its boxes are reported in: the uploaded image's (larger when it was shrunk).
+    """
+
+    pixels: torch.Tensor
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, pixels: torch.Tensor) -> ModelImage:
+        """An image whose boxes are reported in its own pixels."""
+        return cls(pixels=pixels, width=pixels.shape[-1], height=pixels.shape[-2])
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request answered with an error instead of tags: its HTTP status, short code and message."""
+
+    status: int
+    error: str
+    message: str
+
+    @classmethod
+    def of(cls, error: RequestError | ImageError) -> Refusal:
+        return cls(status=error.status, error=error.error, message=str(error))
+
+    def body(self) -> dict[str, str]:
+        """The JSON body: ``{"error": <code>, "message": <what to do>}``."""
+        return {"error": self.error, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready for the model: its options and its image."""
+
+    options: TagOptions
+    image: ModelImage
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A request after the model: its options, the uploaded image's size and every detection, best first."""
+
+    options: TagOptions
+    width: int
+    height: int
+    detections: list[Detection]
 
 
 class Tagger:
@@ -45,7 +107,8 @@ class Tagger:
         class_names: ``class_names[i]`` names model label ``i + 1`` (label 0 is the background).
         device: where the model runs.
         half_precision: run in float16 autocast on CUDA (ignored on CPU).
-        channels_last: use the channels-last memory format on CUDA (ignored on CPU).
+        channels_last: the channels-last memory format for the weights and the batched input on CUDA (ignored
+            on CPU).
     """
 
     def __init__(
@@ -66,7 +129,12 @@ class Tagger:
         self.model = model.to(self.device).eval()
         if channels_last and on_gpu:
             self.model = self.model.to(memory_format=torch.channels_last)
+            # torchvision's transform copies the images into a fresh (contiguous) batch; the backbone gets
+            # that batch in the weights' memory format.
+            self.model.backbone.register_forward_pre_hook(_channels_last_input)
         self._half_precision = half_precision and on_gpu
+        # Uploads are copied to the GPU from page-locked memory, without waiting for the copy.
+        self._pin_memory = on_gpu
 
     @classmethod
     def from_checkpoint(
@@ -91,23 +159,62 @@ class Tagger:
             channels_last=channels_last,
         )
 
-    def detect(self, images: Sequence[torch.Tensor]) -> list[list[Detection]]:
+    @property
+    def input_size(self) -> ModelInputSize:
+        """The model's own resize rule: uploads are shrunk to it before they become float tensors."""
+        transform = self.model.transform
+        return ModelInputSize(min_size=transform.min_size[-1], max_size=transform.max_size)
+
+    def load_image(self, data: bytes | bytearray, *, max_pixels: int | None = None) -> ModelImage:
+        """Decodes an upload to 8-bit pixels at most the model's input size (see ``decode_for_model``).
+
+        Raises:
+            ImageError: empty, unreadable, unsupported or over ``max_pixels``.
+        """
+        decoded = decode_for_model(data, fit=self.input_size, max_pixels=max_pixels)
+        return ModelImage(pixels=TF.pil_to_tensor(decoded.image), width=decoded.width, height=decoded.height)
+
+    def detect(self, images: Sequence[ModelImage | torch.Tensor]) -> list[list[Detection]]:
         """Runs the model once on all images and returns each image's detections, best score first.
 
         Args:
-            images: float tensors ``[3, H, W]`` with values in [0, 1], each of its own size.
+            images: ``ModelImage`` records, or tensors ``[3, H, W]`` (uint8, or float in [0, 1]) whose boxes
+                are reported in their own pixels; each of its own size.
         """
         if not images:
             return []
-        batch = [self._pad_thin(image).to(self.device) for image in images]
+        images = [image if isinstance(image, ModelImage) else ModelImage.of(image) for image in images]
+        batch = [self._pad_thin(self._on_device(image.pixels)) for image in images]
         with torch.inference_mode(), torch.autocast(
             device_type=self.device.type, dtype=torch.float16, enabled=self._half_precision
         ):
             outputs = self.model(batch)
-        return [
-            self._detections(output, width=image.shape[-1], height=image.shape[-2])
-            for output, image in zip(outputs, images)
-        ]
+        return [self._detections(output, image) for output, image in zip(outputs, images)]
+
+    def detect_with_fallback(self, images: Sequence[ModelImage]) -> list[list[Detection] | Refusal]:
+        """``detect`` for a batch of strangers' images: when the model call fails for the batch, each image
+        runs alone, so only an image that fails by itself is answered with a 500 ``Refusal``."""
+        try:
+            return list(self.detect(images))
+        except Exception:
+            logger.warning("the model failed on a batch of %d images; running them one by one", len(images),
+                           exc_info=True)
+        results: list[list[Detection] | Refusal] = []
+        for image in images:
+            try:
+                results.extend(self.detect([image]))
+            except Exception as exc:
+                logger.error("the model failed on a %dx%d image", image.width, image.height, exc_info=True)
+                results.append(Refusal(status=500, error="inference_failed",
+                                       message=f"the model failed on this image ({type(exc).__name__}: {exc})"))
+        return results
+
+    def _on_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The pixels as float in [0, 1] on the model's device; 8-bit pixels cross to a GPU before widening."""
+        if self._pin_memory:
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(self.device, non_blocking=self._pin_memory)
+        return pixels.float().div_(255) if pixels.dtype == torch.uint8 else pixels
 
     def _pad_thin(self, image: torch.Tensor) -> torch.Tensor:
         """Pads the short side (bottom or right, so boxes keep their coordinates) of an extreme image."""
@@ -125,13 +232,18 @@ class Tagger:
         padded[:, :height, :width] = image
         return padded
 
-    def _detections(self, output: dict[str, torch.Tensor], *, width: int, height: int) -> list[Detection]:
-        limits = torch.tensor([width, height, width, height], dtype=torch.float32)
-        boxes = output["boxes"].float().cpu().clamp(min=torch.zeros(4), max=limits)
+    def _detections(self, output: dict[str, torch.Tensor], image: ModelImage) -> list[Detection]:
+        """The model's output for one image in the uploaded image's pixels, best score first."""
+        height, width = image.pixels.shape[-2:]
+        # Each axis has its own factor: the shrunk sides were rounded separately.
+        to_upload = torch.tensor([image.width / width, image.height / height] * 2, dtype=torch.float32)
+        limits = torch.tensor([image.width, image.height] * 2, dtype=torch.float32)
+        boxes = (output["boxes"].float().cpu() * to_upload).clamp(min=torch.zeros(4), max=limits)
         scores = output["scores"].float().cpu()
         labels = output["labels"].cpu()
-        # Boxes that lay wholly in the padding have no area left after clipping.
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        # Boxes that lay in the padding have no area left after clipping (or less than the reported precision).
+        precision = 10.0**-BOX_DECIMALS
+        keep = (boxes[:, 2] - boxes[:, 0] > precision) & (boxes[:, 3] - boxes[:, 1] > precision)
         order = scores[keep].argsort(descending=True, stable=True)
         return [
             Detection(label=self.class_names[int(label) - 1], score=float(score), box=tuple(box.tolist()))
@@ -139,56 +251,44 @@ class Tagger:
         ]
 
 
+def _channels_last_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+
+
 def detections_above(
-    detections: Iterable[Detection], *, threshold: float, max_detections: int | None = None
+    detections: Sequence[Detection], *, threshold: float, max_detections: int | None = None
 ) -> list[Detection]:
-    """The detections scoring at least ``threshold``, best first, at most ``max_detections`` of them."""
-    kept = sorted((d for d in detections if d.score >= threshold), key=lambda d: d.score, reverse=True)
+    """The detections scoring at least ``threshold``, at most ``max_detections`` of them.
+
+    Args:
+        detections: best first, as ``Tagger.detect`` returns them (their order is kept).
+    """
+    kept = [d for d in detections if d.score >= threshold]
     return kept if max_detections is None else kept[:max_detections]
 
 
-def detections_to_tags(detections: Iterable[Detection], *, threshold: float = 0.0) -> list[str]:
-    """The distinct labels scoring at least ``threshold``, ordered by their best score."""
-    return list(dict.fromkeys(d.label for d in detections_above(detections, threshold=threshold)))
-
-
-def response_dict(
-    detections: Iterable[Detection], *, width: int, height: int, threshold: float, max_detections: int | None = None
-) -> dict[str, Any]:
-    """The dict version: ``{"tags", "detections": [{"label", "score", "box"}], "width", "height"}``."""
-    kept = detections_above(detections, threshold=threshold, max_detections=max_detections)
-    return {
-        "tags": detections_to_tags(kept),
-        "detections": [d.as_dict() for d in kept],
-        "width": int(width),
-        "height": int(height),
-    }
-
-
-def response_list(
-    detections: Iterable[Detection], *, threshold: float, max_detections: int | None = None
-) -> list[str]:
-    """The list version: the tags alone, e.g. ``["dog", "person"]``."""
-    return detections_to_tags(detections_above(detections, threshold=threshold, max_detections=max_detections))
+def tags_of(detections: Iterable[Detection]) -> list[str]:
+    """The distinct labels of best-first detections, ordered by their best score."""
+    return list(dict.fromkeys(d.label for d in detections))
 
 
 def format_response(
-    detections: Iterable[Detection],
-    *,
-    response_format: str,
-    width: int,
-    height: int,
-    threshold: float,
-    max_detections: int | None = None,
+    detections: Sequence[Detection], *, response_format: str, width: int, height: int
 ) -> dict[str, Any] | list[str]:
-    """The response of one image in the asked format ("dict" or "list")."""
+    """The response of one image, from its reported (thresholded, best-first) detections.
+
+    Args:
+        response_format: "dict" for ``{"tags", "detections": [{"label", "score", "box"}], "width", "height"}``,
+            "list" for the tags alone (``["dog", "person"]``).
+        width / height: the uploaded image's size.
+    """
     if response_format == "dict":
-        return response_dict(detections, width=width, height=height, threshold=threshold, max_detections=max_detections)
+        return {
+            "tags": tags_of(detections),
+            "detections": [d.as_dict() for d in detections],
+            "width": int(width),
+            "height": int(height),
+        }
     if response_format == "list":
-        return response_list(detections, threshold=threshold, max_detections=max_detections)
+        return tags_of(detections)
     raise ValueError(f"unknown response format {response_format!r}")
-
-
-def error_response(error: RequestError | ImageError) -> dict[str, str]:
-    """The JSON body of a refused request: its short code and its message."""
-    return {"error": error.error, "message": str(error)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -31,13 +32,11 @@ from handler.settings import ServingSettings, settings_from_config
 from handler.tagging import (
     MIN_RESIZED_SIDE,
     Detection,
+    Refusal,
     Tagger,
     detections_above,
-    detections_to_tags,
-    error_response,
     format_response,
-    response_dict,
-    response_list,
+    tags_of,
 )
 from training.synthetic import CLASS_NAMES, render_image
 
@@ -113,7 +112,9 @@ def test_a_row_without_an_image_names_the_working_upload_styles():
 @pytest.mark.parametrize(
     "row, headers, status, error",
     [
-        ({"a": bytearray(b"1"), "b": bytearray(b"2")}, {}, 400, "too_many_images"),
+        ({"a": bytearray(b"\xff\xd8"), "b": bytearray(b"\x89PNG")}, {}, 400, "too_many_images"),
+        ({"a": bytearray(b"1"), "b": bytearray(b"2")}, {"a": {"content-type": "image/jpeg"},
+                                                       "b": {"content-type": "image/png"}}, 400, "too_many_images"),
         ({"body": [1, 2]}, {}, 400, "bad_json"),
         ({"body": None}, {}, 400, "bad_json"),
         ({"body": bytearray(b"{broken")}, {"body": {"content-type": "application/json"}}, 400, "bad_json"),
@@ -177,23 +178,26 @@ def test_the_shipped_model_config_has_valid_handler_settings():
 
 # --- response formats -------------------------------------------------------------------------------------
 
+# Best first, as Tagger.detect returns them.
 DETECTIONS = [
-    Detection("dog", 0.62, (1.0, 2.0, 30.0, 40.0)),
     Detection("person", 0.97, (5.0, 5.0, 50.0, 90.0)),
     Detection("dog", 0.91, (60.0, 10.0, 99.0, 50.0)),
+    Detection("dog", 0.62, (1.0, 2.0, 30.0, 40.0)),
     Detection("cat", 0.2, (0.0, 0.0, 10.0, 10.0)),
 ]
 
 
 def test_tags_are_distinct_labels_above_the_threshold_best_first():
-    assert detections_to_tags(DETECTIONS, threshold=0.5) == ["person", "dog"]
-    assert detections_to_tags(DETECTIONS) == ["person", "dog", "cat"]
-    assert detections_to_tags(DETECTIONS, threshold=0.95) == ["person"]
-    assert [d.score for d in detections_above(DETECTIONS, threshold=0.5, max_detections=2)] == [0.97, 0.91]
+    assert tags_of(detections_above(DETECTIONS, threshold=0.5)) == ["person", "dog"]
+    assert tags_of(DETECTIONS) == ["person", "dog", "cat"]
+    assert tags_of(detections_above(DETECTIONS, threshold=0.95)) == ["person"]
+    assert detections_above(DETECTIONS, threshold=0.5, max_detections=2) == DETECTIONS[:2]
+    assert detections_above(DETECTIONS, threshold=0.62) == DETECTIONS[:3]  # a score equal to it is kept
 
 
 def test_dict_and_list_versions():
-    assert response_dict(DETECTIONS, width=100, height=120, threshold=0.5) == {
+    kept = detections_above(DETECTIONS, threshold=0.5)
+    assert format_response(kept, response_format="dict", width=100, height=120) == {
         "tags": ["person", "dog"],
         "detections": [
             {"label": "person", "score": 0.97, "box": [5.0, 5.0, 50.0, 90.0]},
@@ -203,21 +207,20 @@ def test_dict_and_list_versions():
         "width": 100,
         "height": 120,
     }
-    assert response_list(DETECTIONS, threshold=0.5) == ["person", "dog"]
-    assert response_list(DETECTIONS, threshold=0.0, max_detections=1) == ["person"]
-    assert format_response(DETECTIONS, response_format="list", width=1, height=1, threshold=0.95) == ["person"]
-    assert format_response([], response_format="dict", width=3, height=4, threshold=0.5) == {
+    assert format_response(kept, response_format="list", width=100, height=120) == ["person", "dog"]
+    assert format_response(kept[:1], response_format="list", width=1, height=1) == ["person"]
+    assert format_response([], response_format="dict", width=3, height=4) == {
         "tags": [], "detections": [], "width": 3, "height": 4}
     with pytest.raises(ValueError):
-        format_response(DETECTIONS, response_format="xml", width=1, height=1, threshold=0.5)
+        format_response(DETECTIONS, response_format="xml", width=1, height=1)
 
 
 def test_error_body():
-    assert error_response(RequestError(422, "bad_parameter", "format must be ...")) == {
-        "error": "bad_parameter", "message": "format must be ..."}
+    refusal = Refusal.of(RequestError(422, "bad_parameter", "format must be ..."))
+    assert (refusal.status, refusal.body()) == (422, {"error": "bad_parameter", "message": "format must be ..."})
     with pytest.raises(EmptyImageError) as caught:
         decode_image(b"")
-    assert error_response(caught.value) == {"error": "empty", "message": "the image is empty (0 bytes)"}
+    assert Refusal.of(caught.value) == Refusal(400, "empty", "the image is empty (0 bytes)")
 
 
 # --- the Tagger -------------------------------------------------------------------------------------------
@@ -259,7 +262,7 @@ def test_very_thin_images_do_not_crash(eager_tagger):
     for found, (width, height) in zip(results, sizes):
         assert all(0 <= d.box[0] < d.box[2] <= width and 0 <= d.box[1] < d.box[3] <= height for d in found)
     assert results[1], "a 1x3000 image keeps the boxes that overlap it"
-    assert eager_tagger._pad_thin(images[0]).shape == (3, MIN_RESIZED_SIDE * 4000 // transform.max_size, 4000)
+    assert eager_tagger._pad_thin(images[0]).shape == (3, math.ceil(MIN_RESIZED_SIDE * 4000 / transform.max_size), 4000)
     assert eager_tagger._pad_thin(images[3]) is images[3]
 
 
@@ -282,7 +285,7 @@ def test_trained_model_finds_the_right_tags(trained_tagger):
     right = total = wrong = 0
     for (_, objects), detections in zip(scenes, found):
         truth = {label for label, _ in objects}
-        tags = set(detections_to_tags(detections, threshold=0.5))
+        tags = set(tags_of(detections_above(detections, threshold=0.5)))
         right, total, wrong = right + len(truth & tags), total + len(truth), wrong + len(tags - truth)
     assert right / total >= 0.8, (right, total)
     assert wrong / max(1, right + wrong) <= 0.2, (wrong, right)
