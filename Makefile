@@ -35,27 +35,25 @@ evaluate: setup
 demo-model: setup
 	$(PY) -m training.demo --data $(DATA) --output-dir $(OUTPUT) $(ARGS)
 
-# ---- Serving: archive, serve, stop ----
-ARCHIVE := archive/tagger.mar
-MODEL_CONFIG := model/model-config.yaml
+# ---- Serving: archive, serve, stop, bench ----
+# Paths and addresses are read from config.properties (archive, endpoint) by the scripts themselves.
+.PHONY: archive serve stop bench
 
-.PHONY: archive serve stop
-
-# archive/tagger.mar from the newest model/Epoch.N.pth, or from CHECKPOINT=path.
+# The archive config.properties serves, from CHECKPOINT=path, else the newest $(OUTPUT)/Epoch.N.pth, else the
+# shipped demo model (model/demo.pth).
 archive: setup
-	$(PY) -m scripts.make_archive --output $(ARCHIVE) --model-config $(MODEL_CONFIG) \
-		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model-dir $(OUTPUT))
+	$(PY) -m scripts.make_archive $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model-dir $(OUTPUT))
 
-# Rebuilt by `make serve` only when a checkpoint, a handler file or the model config is newer.
-$(ARCHIVE): $(wildcard $(OUTPUT)/Epoch.*.pth) $(wildcard handler/*.py) $(MODEL_CONFIG)
-	$(PY) -m scripts.make_archive --output $@ --model-config $(MODEL_CONFIG) --model-dir $(OUTPUT)
-
-# Everything from a fresh clone: the demo model when no checkpoint exists, the archive, TorchServe.
-# Safe to run again: a running server is kept (restarted when the archive changed) and its key renewed.
+# Everything from a fresh clone, without training: the archive (rebuilt only when a checkpoint, a handler file
+# or the model config is newer), then TorchServe. Safe to run again: a running server is kept (restarted when
+# the archive changed) and its key renewed.
 serve: setup
-	@ls $(OUTPUT)/Epoch.*.pth >/dev/null 2>&1 || $(MAKE) --no-print-directory demo-model
-	@$(MAKE) --no-print-directory $(ARCHIVE)
-	$(PY) -m scripts.serve start --config config.properties
+	$(PY) -m scripts.make_archive --if-changed --model-dir $(OUTPUT)
+	$(PY) -m scripts.serve start
 
 stop: setup
 	$(PY) -m scripts.serve stop
+
+# The bare model, a plain one-image-per-request server and the TorchServe of `make serve`, in one run.
+bench: serve
+	$(PY) -m benchmarks.bench $(ARGS)

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+# TorchServe's name for it, in the folder it starts in (the repository root for `make serve`).
+KEY_FILE = Path("key_file.json")
+
 
 class KeyFileError(ValueError):
     """key_file.json is missing or not in TorchServe's format."""

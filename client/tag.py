@@ -20,10 +20,9 @@ from typing import Any
 
 import requests
 
+from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
 from client.draw import draw_detections
-from client.keys import KeyFileError, bearer, read_keys
-
-DEFAULT_URL = "http://127.0.0.1:8080/predictions/tagger"
+from client.keys import KEY_FILE, KeyFileError, bearer, read_keys
 
 
 @dataclass(frozen=True)
@@ -163,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=["dict", "list"], help="response format (default: the server's, dict)")
     parser.add_argument("--threshold", type=float, help="score threshold from 0 to 1 (default: the server's, 0.5)")
     parser.add_argument("--draw", type=Path, metavar="OUT_DIR", help="write each image with its boxes here")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"prediction endpoint (default {DEFAULT_URL})")
-    parser.add_argument("--key-file", type=Path, default=Path("key_file.json"),
-                        help="TorchServe's key file, in the folder it was started in (default ./key_file.json)")
+    parser.add_argument("--url", help=f"prediction endpoint (default: the one ./{SERVER_CONFIG} serves)")
+    parser.add_argument("--key-file", type=Path, default=KEY_FILE,
+                        help=f"TorchServe's key file, in the folder it was started in (default ./{KEY_FILE})")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
     args = parser.parse_args(argv)
     if args.draw is not None and args.format == "list":
@@ -173,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be from 0 to 1, got {args.threshold}")
     try:
+        url = args.url or read_server_config(SERVER_CONFIG).predictions_url
         key = read_keys(args.key_file).inference
-    except KeyFileError as exc:
+    except (ServerConfigError, KeyFileError) as exc:
         print(f"tag: {exc}", file=sys.stderr)
         return 1
 
-    results = tag_images(args.images, url=args.url, key=key, response_format=args.format,
+    results = tag_images(args.images, url=url, key=key, response_format=args.format,
                          threshold=args.threshold, concurrency=args.concurrency)
     for result, name in zip(results, _drawing_names(args.images)):
         print(format_result(result), file=sys.stdout if result.error is None else sys.stderr)

@@ -1,17 +1,19 @@
 """Packs a checkpoint and the handler package into a self-contained TorchServe model archive (.mar).
 
-``python -m scripts.make_archive [--checkpoint Epoch.N.pth | --model-dir model] [--output archive/tagger.mar]``
+``python -m scripts.make_archive [--checkpoint Epoch.N.pth | --model-dir model] [--output PATH] [--if-changed]``
 
-The archive holds, at its root: the entry file ``tagger_handler.py``, the whole ``handler/`` package (so
-``from handler.tagging import ...`` works in TorchServe's model directory), ``index_to_name.json`` made
-from the checkpoint's class names, ``model-config.yaml`` and the checkpoint (weights and model config,
-without the optimizer state). Nothing else from the repository is needed to serve it.
+Without ``--checkpoint`` it packs the newest ``Epoch.N.pth`` of ``--model-dir``, or, when there is none, the
+shipped demo model (``model/demo.pth``): a fresh clone serves without training. The archive holds each file
+once, at its root: the entry file ``tagger_handler.py``, the rest of the ``handler/`` package (so
+``from handler.tagging import ...`` works in TorchServe's model folder), ``model-config.yaml`` and the serving
+copy of the checkpoint: float16 weights, model config, class names and epoch, without the optimizer state or
+the training run's arguments and data paths. The output path defaults to the one ``config.properties``
+serves (``model_store``/``load_models``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -19,30 +21,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from handler.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    model_from_checkpoint,
-    newest_checkpoint,
-    save_checkpoint,
-)
+import torch
+
+from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
+from handler.checkpoint import CheckpointError, load_checkpoint, newest_checkpoint, save_serving_checkpoint
+from handler.detector import build_detector_from_config
+from training.demo import SHIPPED_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLER_PACKAGE = REPO / "handler"
 ENTRY_FILE = "tagger_handler.py"
+MODEL_CONFIG = Path("model/model-config.yaml")
 
 
 class ArchiveError(RuntimeError):
     """The archive could not be built (missing handler files, torch-model-archiver failed)."""
-
-
-def index_to_name(class_names: list[str]) -> dict[str, str]:
-    """Model label -> class name. Label 0 is the background, never a detection, so it has no entry.
-
-    Args:
-        class_names: the checkpoint's names; ``class_names[i]`` is label ``i + 1``.
-    """
-    return {str(label): name for label, name in enumerate(class_names, start=1)}
 
 
 def build_archive(
@@ -56,7 +49,7 @@ def build_archive(
     """Builds ``output`` (its stem is the model name), replacing any older archive only when done.
 
     Args:
-        checkpoint: an ``Epoch.N.pth`` of this project.
+        checkpoint: an ``Epoch.N.pth`` of this project (or its serving copy, such as ``model/demo.pth``).
         output: the ``.mar`` to write, e.g. ``archive/tagger.mar``.
         model_config_file: TorchServe's model config, packed as ``model-config.yaml``.
         handler_package: the ``handler/`` folder; its ``tagger_handler.py`` is the entry file.
@@ -66,11 +59,6 @@ def build_archive(
         CheckpointError: the checkpoint cannot be read or its weights do not fit its own model config.
         ArchiveError: a file is missing or torch-model-archiver failed.
     """
-    state = load_checkpoint(checkpoint)
-    try:
-        model = model_from_checkpoint(state)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{checkpoint}: weights do not fit the model config: {_first_line(exc)}") from None
     entry_file = handler_package / ENTRY_FILE
     for needed in (entry_file, model_config_file):
         if not needed.is_file():
@@ -81,20 +69,16 @@ def build_archive(
     # Built next to the output so the final os.replace stays on one file system.
     with tempfile.TemporaryDirectory(prefix=".build-", dir=output.parent) as tmp:
         work = Path(tmp)
-        # torch-model-archiver copies the *contents* of a folder given in --extra-files to the archive
-        # root, so the handler package goes one level down to arrive as handler/.
+        # Float16 halves the file and the worker's load time; the model loads the weights into its float32
+        # parameters, so detections move by rounding only (README: "The model archive").
+        weights = save_serving_checkpoint(checkpoint, work / "weights" / Path(checkpoint).name, float16=True)
+        check_weights_fit_config(weights, source=checkpoint)
+        # torch-model-archiver copies the *contents* of a folder given in --extra-files to the archive root, so
+        # the handler package goes one level down to arrive as handler/. The entry file is --handler (packed
+        # at the root, where TorchServe imports it), so the package copy leaves it out.
         extra = work / "extra"
-        shutil.copytree(handler_package, extra / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        (extra / "index_to_name.json").write_text(json.dumps(index_to_name(state["class_names"]), indent=2) + "\n")
-        # Only what serving reads: the optimizer state would double the archive for nothing.
-        weights = save_checkpoint(
-            work / "weights" / Path(checkpoint).name,
-            model=model,
-            model_config=state["model_config"],
-            class_names=state["class_names"],
-            epoch=state["epoch"],
-            args=state.get("args"),
-        )
+        shutil.copytree(handler_package, extra / "handler",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ENTRY_FILE))
         export = work / "export"
         export.mkdir()
         command = [
@@ -117,29 +101,68 @@ def build_archive(
     return output
 
 
+def check_weights_fit_config(path: Path, *, source: Path) -> None:
+    """Loads the checkpoint's weights into its model built on the meta device: every name and shape is
+    checked, and no second copy of the weights is made (they stay memory-mapped from the file).
+
+    Raises:
+        CheckpointError: a missing, unexpected or misshapen weight, named after ``source``.
+    """
+    state = load_checkpoint(path, mmap=True)
+    try:
+        with torch.device("meta"):
+            model = build_detector_from_config(state["model_config"])
+        model.load_state_dict(state["model"], assign=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: weights do not fit the model config: {_first_line(exc)}") from None
+
+
+def archive_is_current(archive: Path, *, inputs: list[Path]) -> bool:
+    """Whether ``archive`` exists and is newer than each input file (checkpoint, model config, handler files)."""
+    return archive.is_file() and all(
+        path.is_file() and archive.stat().st_mtime >= path.stat().st_mtime for path in inputs
+    )
+
+
 def _first_line(text: object) -> str:
     lines = [line for line in str(text).strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.make_archive", description=__doc__.splitlines()[0])
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` / ``--model-dir``, for every tool that packs a checkpoint (see ``checkpoint_to_pack``)."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", type=Path, help="the Epoch.N.pth to pack (default: the newest in --model-dir)")
-    source.add_argument("--model-dir", type=Path, default=Path("model"), help="folder of Epoch.N.pth files")
-    parser.add_argument("--output", type=Path, default=Path("archive/tagger.mar"), help="the .mar to write")
-    parser.add_argument("--model-config", type=Path, default=Path("model/model-config.yaml"),
-                        help="TorchServe model config to pack")
-    args = parser.parse_args(argv)
+    source.add_argument("--checkpoint", type=Path, help="the checkpoint to pack (default: the newest in --model-dir)")
+    source.add_argument("--model-dir", type=Path, default=Path("model"),
+                        help=f"folder of Epoch.N.pth files; without any, {SHIPPED_CHECKPOINT} is packed")
 
-    checkpoint = args.checkpoint or newest_checkpoint(args.model_dir)
-    if checkpoint is None:
-        print(f"make_archive: no Epoch.N.pth in {args.model_dir}/: train one (make train) "
-              "or name one with CHECKPOINT=path", file=sys.stderr)
-        return 1
+
+def checkpoint_to_pack(args: argparse.Namespace) -> Path:
+    """The named checkpoint, else the newest ``Epoch.N.pth`` of the model folder, else the shipped demo model."""
+    return args.checkpoint or newest_checkpoint(args.model_dir) or SHIPPED_CHECKPOINT
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scripts.make_archive", description=__doc__.splitlines()[0])
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--output", type=Path, help=f"the .mar to write (default: the archive {SERVER_CONFIG} serves)")
+    parser.add_argument("--model-config", type=Path, default=MODEL_CONFIG, help="TorchServe model config to pack")
+    parser.add_argument("--if-changed", action="store_true",
+                        help="keep the archive when it is newer than the checkpoint, model config and handler files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    checkpoint = checkpoint_to_pack(args)
     try:
-        archive = build_archive(checkpoint, output=args.output, model_config_file=args.model_config)
-    except (CheckpointError, ArchiveError) as exc:
+        output = args.output or read_server_config(SERVER_CONFIG).archive
+        if args.if_changed and archive_is_current(
+            output, inputs=[checkpoint, args.model_config, *sorted(HANDLER_PACKAGE.glob("*.py"))]
+        ):
+            return 0
+        archive = build_archive(checkpoint, output=output, model_config_file=args.model_config)
+    except (CheckpointError, ArchiveError, ServerConfigError) as exc:
         print(f"make_archive: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {archive} from {checkpoint}")

@@ -3,7 +3,7 @@
 ``python -m scripts.serve start [--config config.properties]``: starts TorchServe in the current folder
 (where it writes ``key_file.json`` and ``logs/``) unless it is already running, restarts it when the
 model archive is newer than the running server, waits until the model answers a real image, and prints
-how to call it with the inference key. ``python -m scripts.serve stop`` stops it and every worker.
+the worker layout and how to call it (a curl line that reads the inference key from ``key_file.json``). ``python -m scripts.serve stop`` stops it and every worker.
 TorchServe finds a running server through ``$TMPDIR/.model_server.pid``: start and stop with the same
 ``TMPDIR``.
 """
@@ -17,55 +17,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import zipfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psutil
 import requests
+import yaml
 from PIL import Image, ImageDraw
-from ts.model_server import TS_NAMESPACE, load_properties
+from ts.model_server import TS_NAMESPACE
 
-from client.keys import KeyFileError, TorchServeKeys, bearer, read_keys
+from client.config import SERVER_CONFIG, ServerConfig, ServerConfigError, read_server_config
+from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_keys
+from handler.sizing import WorkerLayout, cpu_cores, worker_layout
 
-KEY_FILE = "key_file.json"
 CONSOLE_LOG = Path("logs") / "console.log"
 
 
 class ServerError(RuntimeError):
     """TorchServe did not start, exited, or its model did not answer in time."""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    inference_url: str
-    management_url: str
-    archive: Path
-    model_name: str
-
-
-def read_server_config(path: Path) -> ServerConfig:
-    """The addresses and the served archive from a TorchServe ``config.properties``.
-
-    Args:
-        path: the properties file; ``model_store`` is taken relative to the folder TorchServe starts in.
-    """
-    if not path.is_file():
-        raise ServerError(f"{path} not found")
-    properties = load_properties(str(path))
-    try:
-        archive_name = properties["load_models"].split(",")[0].strip()
-        model_store = Path(properties["model_store"])
-    except KeyError as exc:
-        raise ServerError(f"{path} has no {exc.args[0]} setting") from None
-    # load_models entries are "file.mar" or "name=file.mar".
-    model_name, _, archive_file = archive_name.rpartition("=")
-    return ServerConfig(
-        inference_url=properties.get("inference_address", "http://127.0.0.1:8080"),
-        management_url=properties.get("management_address", "http://127.0.0.1:8081"),
-        archive=model_store / archive_file,
-        model_name=model_name or Path(archive_file).stem,
-    )
 
 
 def running_server(tmp_dir: Path | None = None) -> psutil.Process | None:
@@ -127,7 +97,7 @@ def wait_until_ready(
     Raises:
         ServerError: the server exited or the model did not answer in time.
     """
-    url = f"{config.inference_url}/predictions/{config.model_name}"
+    url = config.predictions_url
     console, model_log = log_dir / CONSOLE_LOG.name, log_dir / "model_log.log"
     image = probe_image()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -228,6 +198,22 @@ def _tail(path: Path, lines: int = 15) -> str:
         return f"(no {path})"
 
 
+def served_layout(config: ServerConfig, keys: TorchServeKeys) -> WorkerLayout:
+    """The workers TorchServe runs for the model (management API) and the torch threads each one took: the
+    rule of handler/sizing.py with the archive's own ``minWorkers`` and ``handler.torch_threads``."""
+    answer = requests.get(f"{config.management_url}/models/{config.model_name}", headers=bearer(keys.management),
+                          timeout=10)
+    if answer.status_code != 200:
+        raise ServerError(f"the management API did not describe {config.model_name}: HTTP {answer.status_code}")
+    workers = answer.json()[0]["workers"]
+    with zipfile.ZipFile(config.archive) as archive:
+        model_config = yaml.safe_load(archive.read("model-config.yaml")) or {}
+    return worker_layout(
+        cores=cpu_cores(), gpus=sum(1 for worker in workers if worker.get("gpu")), workers=len(workers),
+        torch_threads=(model_config.get("handler") or {}).get("torch_threads"),
+    )
+
+
 def _serve(config_file: Path, timeout: float) -> int:
     start_dir = Path.cwd()
     config = read_server_config(config_file)
@@ -245,25 +231,30 @@ def _serve(config_file: Path, timeout: float) -> int:
     else:
         renew_expiring_keys(config, key_file)
     wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, log_dir=start_dir / CONSOLE_LOG.parent)
-    _print_usage(config, read_keys(key_file), time.monotonic() - began)
+    keys = read_keys(key_file)
+    _print_usage(config, keys, served_layout(config, keys), time.monotonic() - began)
     return 0
 
 
-def _print_usage(config: ServerConfig, keys: TorchServeKeys, seconds: float) -> None:
-    url = f"{config.inference_url}/predictions/{config.model_name}"
+def _print_usage(config: ServerConfig, keys: TorchServeKeys, layout: WorkerLayout, seconds: float) -> None:
+    """How to call the server. The key itself is not printed (terminal logs, screen shares): the curl line
+    reads it from the key file when it runs."""
+    url = config.predictions_url
     examples = sorted(Path("data/synthetic/JPEGImages").glob("*.jpg"))[:1]
     image = examples[0] if examples else Path("photo.jpg")
+    read_key = f"python3 -c 'import json; print(json.load(open(\"{KEY_FILE}\"))[\"inference\"][\"key\"])'"
     print(f"TorchServe serves {config.model_name} at {url} (ready after {seconds:.1f} s; logs in logs/).")
-    print(f'  curl -H "Authorization: Bearer {keys.inference}" -F data=@{image} {url}')
+    print(f"Workers: {layout.describe()}; set minWorkers/maxWorkers in model/model-config.yaml to change.")
+    print(f'  curl -H "Authorization: Bearer $({read_key})" -F data=@{image} {url}')
     print(f"  python -m client.tag {image} --draw out/")
     expires = keys.inference_expires.astimezone().strftime("%H:%M")
-    print(f"The key (from {KEY_FILE}) expires at {expires}; `make serve` renews it. `make stop` stops TorchServe.")
+    print(f"The key (in {KEY_FILE}) expires at {expires}; `make serve` renews it. `make stop` stops TorchServe.")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.serve", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("--config", type=Path, default=Path("config.properties"), help="TorchServe config")
+    parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the model to answer")
     args = parser.parse_args(argv)
     try:
@@ -275,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         killed = stop_server(start_dir=Path.cwd())
         print("TorchServe stopped." + (f" Killed what did not exit: {'; '.join(killed)}" if killed else ""))
         return 0
-    except (ServerError, KeyFileError) as exc:
+    except (ServerError, ServerConfigError, KeyFileError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 1
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.draw import draw_detections, label_color
 from client.keys import KeyFileError, read_keys
 from client.tag import TagResult, describe_refusal, format_result
@@ -149,3 +150,33 @@ def test_cli_refuses_bad_arguments_in_one_line(args, message):
     result = run_client("a.jpg", *args)
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_server_config_is_read_from_config_properties(tmp_path):
+    config = read_server_config(ROOT / "config.properties")
+    assert config.predictions_url == "http://127.0.0.1:8080/predictions/tagger"
+    assert (config.archive, config.model_name) == (Path("archive/tagger.mar"), "tagger")
+    named = tmp_path / "named.properties"
+    named.write_text("inference_address=http://127.0.0.1:9\nmanagement_address=http://127.0.0.1:10\n"
+                     "model_store=/srv/store\nload_models=photos=tagger.mar\n")
+    assert read_server_config(named) == ServerConfig(inference_url="http://127.0.0.1:9",
+                                                     management_url="http://127.0.0.1:10",
+                                                     archive=Path("/srv/store/tagger.mar"), model_name="photos")
+    named.write_text("inference_address=http://127.0.0.1:9\n")
+    with pytest.raises(ServerConfigError, match="has no"):
+        read_server_config(named)
+
+
+def test_cli_calls_the_endpoint_of_config_properties_by_default(tmp_path):
+    """No --url: the client reads the endpoint from ./config.properties, the one home of the address."""
+    (tmp_path / "key_file.json").write_text(json.dumps(KEY_FILE))
+    port = unused_port()
+    (tmp_path / "config.properties").write_text(
+        f"inference_address=http://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{unused_port()}\n"
+        "model_store=archive\nload_models=tagger.mar\n")
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (32, 32)).save(image)
+    result = run_client(image, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"{image}: error: cannot reach http://127.0.0.1:{port}/predictions/tagger: "
+                                     "is TorchServe running? (make serve)")

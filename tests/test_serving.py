@@ -96,6 +96,7 @@ def serving_config(store: Path) -> str:
         "grpc_inference_port": str(grpc_inference),
         "grpc_management_port": str(grpc_management),
         "model_store": str(store),
+        "metrics_config": str(ROOT / "metrics.yaml"),  # relative to the start folder in config.properties
     }
     lines = []
     for line in (ROOT / "config.properties").read_text().splitlines():

@@ -1,0 +1,374 @@
+"""Serving benchmark in one run: the bare model, a plain one-image-per-request server, and TorchServe.
+
+    make bench                                    # starts `make serve` first, then runs this
+    python -m benchmarks.bench --seconds 30       # longer phases, steadier numbers
+    python -m benchmarks.bench --device cuda --parts bare,baseline   # a GPU machine without Java
+
+All parts use the same weights (the checkpoint inside the archive that config.properties serves) and the same
+generated JPEGs of mixed sizes:
+
+- bare: the handler's model core (``Tagger.detect``) on decoded images, for every process x thread layout that
+  fills the cores and each batch size; the best layout is the bar for the served model.
+- baseline: a plain server written with the standard library (``http.server``), one model call per request
+  with the handler's own decoding, torch's default threads; model calls are serialised, so each one has all
+  cores (concurrent calls would only compete for them).
+- served: the running TorchServe of ``make serve``, at 1, 8 and 16 closed-loop clients (each sends its next
+  image when its last one is answered), then the worker's peak RSS and the RSS one 12 MP JPEG adds.
+
+It prints img/s and p50/p90 latency of each, then the ratios the serving goals are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+import requests
+import torch
+
+from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
+from client.keys import KEY_FILE, KeyFileError, bearer, read_keys
+from handler.decode import ImageError
+from handler.sizing import cpu_cores
+from handler.tagging import Tagger, detections_above, format_response
+from scripts.serve import running_server, served_layout
+from training.synthetic import render_image
+
+# Mixed sizes, portrait and landscape: the model resizes each to its own min_size/max_size.
+IMAGE_SIZES = ((320, 320), (480, 480), (640, 480), (480, 640), (800, 600), (1280, 960))
+LARGE_PHOTO = (4000, 3000)  # 12 MP, a phone photo
+PARTS = ("bare", "baseline", "served")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one phase did: ``images`` answered in ``seconds``, with the latency of each call (seconds)."""
+
+    name: str
+    images: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds
+
+    def latency_ms(self, quantile: float) -> float:
+        ordered = sorted(self.latencies)
+        return 1000 * ordered[min(len(ordered) - 1, round(quantile * (len(ordered) - 1)))]
+
+    def row(self) -> str:
+        return (f"{self.name:<58} {self.images_per_second:7.1f} {self.latency_ms(0.5):8.0f} "
+                f"{self.latency_ms(0.9):8.0f}")
+
+
+def generate_jpegs(count: int, *, seed: int = 0, sizes: tuple[tuple[int, int], ...] = IMAGE_SIZES) -> list[bytes]:
+    """``count`` generated scenes as JPEG files, cycling through ``sizes``."""
+    rng = random.Random(seed)
+    jpegs = []
+    for index in range(count):
+        width, height = sizes[index % len(sizes)]
+        image, _ = render_image(rng, width=width, height=height)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    return jpegs
+
+
+def checkpoint_from_archive(archive: Path, folder: Path) -> Path:
+    """Extracts the archive's checkpoint (its manifest's ``serializedFile``) into ``folder``."""
+    with zipfile.ZipFile(archive) as mar:
+        name = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"]
+        return Path(mar.extract(name, folder))
+
+
+# ---- bare model ----
+
+def _bare_process(checkpoint: str, device: str, threads: int, batch_sizes: list[int], jpegs: list[bytes],
+                  seconds: float, barrier, results) -> None:
+    """One process of a bare layout: the same phases as its peers, started together at each barrier."""
+    torch.set_num_threads(threads)
+    tagger = Tagger.from_checkpoint(checkpoint, device=device)
+    images = [tagger.load_image(data) for data in jpegs]
+    tagger.detect(images[:1])  # one-off costs (allocator, kernels) before the clock runs
+    for batch_size in batch_sizes:
+        done, latencies = 0, []
+        barrier.wait()
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            first = done % len(images)
+            batch = (images + images)[first:first + batch_size]
+            call = time.perf_counter()
+            tagger.detect(batch)
+            latencies.append(time.perf_counter() - call)
+            done += len(batch)
+        results.put((batch_size, done, time.perf_counter() - started, latencies))
+
+
+def bare_layouts(*, device: str, cores: int) -> list[tuple[int, int]]:
+    """(processes, threads each) that fill the cores; one process on a GPU."""
+    if device != "cpu":
+        return [(1, cores)]
+    return [(processes, cores // processes) for processes in range(1, cores + 1) if cores % processes == 0]
+
+
+def measure_bare(checkpoint: Path, jpegs: list[bytes], *, device: str, cores: int, batch_sizes: list[int],
+                 seconds: float) -> list[Measurement]:
+    """Every layout at every batch size; each process works through its share of the images."""
+    context = multiprocessing.get_context("spawn")
+    measurements = []
+    for processes, threads in bare_layouts(device=device, cores=cores):
+        barrier, results = context.Barrier(processes), context.Queue()
+        workers = [
+            context.Process(target=_bare_process, args=(str(checkpoint), device, threads, batch_sizes,
+                                                        jpegs[rank::processes], seconds, barrier, results))
+            for rank in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        collected = [results.get() for _ in range(processes * len(batch_sizes))]
+        for worker in workers:
+            worker.join()
+            if worker.exitcode != 0:
+                raise RuntimeError(f"a bare-model process failed (exit code {worker.exitcode})")
+        for batch_size in batch_sizes:
+            runs = [run for run in collected if run[0] == batch_size]
+            measurements.append(Measurement(
+                name=f"bare model, {_count(processes, 'process', 'processes')} x {_count(threads, 'thread')}, "
+                     f"batch {batch_size}",
+                images=sum(run[1] for run in runs), seconds=max(run[2] for run in runs),
+                latencies=[latency for run in runs for latency in run[3]],
+            ))
+    return measurements
+
+
+# ---- the plain baseline server ----
+
+def _baseline_server(checkpoint: str, device: str, ready) -> None:
+    """ThreadingHTTPServer: POST an image, get the handler's dict response; one model call per request."""
+    tagger = Tagger.from_checkpoint(checkpoint, device=device)
+    model_lock = threading.Lock()
+
+    class TagRequest(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                image = tagger.load_image(body)  # the handler's own decoding
+            except ImageError as error:
+                self._answer(error.status, {"error": error.error, "message": str(error)})
+                return
+            with model_lock:
+                (detections,) = tagger.detect([image])
+            self._answer(200, format_response(detections_above(detections, threshold=0.5), response_format="dict",
+                                              width=image.width, height=image.height))
+
+        def _answer(self, status: int, content: object) -> None:
+            payload = json.dumps(content).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args) -> None:  # one line per request would cost more than the answer
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TagRequest)
+    ready.put(server.server_address[1])
+    server.serve_forever()
+
+
+# ---- load generator ----
+
+def run_clients(url: str, jpegs: list[bytes], *, clients: int, seconds: float, headers: dict[str, str],
+                name: str) -> Measurement:
+    """``clients`` closed-loop clients for ``seconds``; every answer must be 200."""
+    start = threading.Barrier(clients)
+    headers = {"Content-Type": "image/jpeg", **headers}
+
+    def client(offset: int) -> list[float]:
+        latencies = []
+        with requests.Session() as session:
+            start.wait()
+            began = time.perf_counter()
+            index = offset
+            while time.perf_counter() - began < seconds:
+                call = time.perf_counter()
+                answer = session.post(url, data=jpegs[index % len(jpegs)], headers=headers)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"{url} answered {answer.status_code}: {answer.text[:200]}")
+                latencies.append(time.perf_counter() - call)
+                index += clients
+        return latencies
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        latencies = [t for each in pool.map(client, range(clients)) for t in each]
+    return Measurement(name=name, images=len(latencies), seconds=time.perf_counter() - began, latencies=latencies)
+
+
+def measure_server(url: str, jpegs: list[bytes], *, clients: list[int], seconds: float, headers: dict[str, str],
+                   name: str) -> dict[int, Measurement]:
+    run_clients(url, jpegs, clients=max(clients), seconds=min(seconds, 2.0), headers=headers, name="warm-up")
+    return {count: run_clients(url, jpegs, clients=count, seconds=seconds, headers=headers,
+                               name=f"{name}, {_count(count, 'client')}") for count in clients}
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
+# ---- worker memory ----
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no {field}")
+
+
+def torchserve_workers() -> list[psutil.Process]:
+    server = running_server()
+    if server is None:
+        raise RuntimeError("TorchServe is not running: start it with `make serve`")
+    return [p for p in server.children(recursive=True) if "model_service_worker" in " ".join(p.cmdline())]
+
+
+def rss_added_by(url: str, photo: bytes, *, headers: dict[str, str]) -> float:
+    """MB one request with ``photo`` adds to the peak RSS of the worker that answers it: each worker's peak
+    (VmHWM) is reset to its current RSS first (/proc/PID/clear_refs)."""
+    workers = torchserve_workers()
+    before = {}
+    for worker in workers:
+        Path(f"/proc/{worker.pid}/clear_refs").write_text("5")
+        before[worker.pid] = _status_kb(worker.pid, "VmRSS")
+    answer = requests.post(url, data=photo, headers={"Content-Type": "image/jpeg", **headers})
+    if answer.status_code != 200:
+        raise RuntimeError(f"the 12 MP photo got {answer.status_code}: {answer.text[:200]}")
+    return max(_status_kb(w.pid, "VmHWM") - before[w.pid] for w in workers) / 1024
+
+
+# ---- report ----
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu_cores()}-core CPU ({cpu}){gpu}, torch {torch.__version__}"
+
+
+def ratio_line(name: str, value: float, goal: str) -> str:
+    return f"  {name:<42} {value:5.2f}   (goal {goal})"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="bare model and baseline server device: cpu or cuda")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--images", type=int, default=24, help="generated JPEGs, cycling through the sizes")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each measured phase")
+    parser.add_argument("--clients", default="1,8,16", help="closed-loop client counts for the servers")
+    parser.add_argument("--batch-sizes", default="1,4,8", help="bare-model batch sizes (CPU); a GPU adds 16")
+    parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config of `make serve`")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="weights of the bare model and the baseline (default: those in the served archive)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        raise SystemExit(f"--parts: unknown {', '.join(sorted(parts - set(PARTS)))}")
+    clients = [int(count) for count in args.clients.split(",")]
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")] + ([16] if args.device != "cpu" else [])
+    cores = cpu_cores()
+    try:
+        return _run(args, parts=parts, clients=clients, batch_sizes=batch_sizes, cores=cores)
+    except (RuntimeError, KeyFileError, ServerConfigError, requests.RequestException) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch_sizes: list[int], cores: int) -> int:
+    config = read_server_config(args.config)
+    jpegs = generate_jpegs(args.images)
+    print(f"machine: {machine()}; bare and baseline on {args.device}")
+    print(f"images: {len(jpegs)} generated JPEGs, {', '.join(f'{w}x{h}' for w, h in IMAGE_SIZES)}; "
+          f"weights from {args.checkpoint or config.archive}; {args.seconds:g} s per phase")
+    print(f"{'':<58} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or checkpoint_from_archive(config.archive, Path(tmp))
+        bare_best = baseline = served = None
+        if "bare" in parts:
+            bare = measure_bare(checkpoint, jpegs, device=args.device, cores=cores, batch_sizes=batch_sizes,
+                                seconds=args.seconds)
+            for measurement in bare:
+                print(measurement.row())
+            bare_best = max(bare, key=lambda m: m.images_per_second)
+        if "baseline" in parts:
+            context = multiprocessing.get_context("spawn")
+            ready = context.Queue()
+            server = context.Process(target=_baseline_server, args=(str(checkpoint), args.device, ready), daemon=True)
+            server.start()
+            try:
+                url = f"http://127.0.0.1:{ready.get()}/"
+                baseline = measure_server(url, jpegs, clients=clients, seconds=args.seconds, headers={},
+                                          name=f"baseline http.server, {_count(torch.get_num_threads(), 'thread')}")
+            finally:
+                server.terminate()
+                server.join()
+            for measurement in baseline.values():
+                print(measurement.row())
+        if "served" in parts:
+            keys = read_keys(KEY_FILE)
+            layout = served_layout(config, keys)
+            described = requests.get(f"{config.management_url}/models/{config.model_name}",
+                                     headers=bearer(keys.management)).json()[0]
+            name = (f"TorchServe {layout.workers}x{layout.torch_threads}, batch {described['batchSize']}, "
+                    f"delay {described['maxBatchDelay']} ms")
+            auth = bearer(keys.inference)
+            served = measure_server(config.predictions_url, jpegs, clients=clients, seconds=args.seconds,
+                                    headers=auth, name=name)
+            for measurement in served.values():
+                print(measurement.row())
+            peak = max(_status_kb(worker.pid, "VmHWM") for worker in torchserve_workers()) / 1024
+            photo = generate_jpegs(1, seed=1, sizes=(LARGE_PHOTO,))[0]
+            added = rss_added_by(config.predictions_url, photo, headers=auth)
+            print(f"TorchServe worker peak RSS {peak:.0f} MB; one 12 MP JPEG ({len(photo) / 1e6:.1f} MB) "
+                  f"adds {added:.0f} MB (goal <= 60)")
+
+    print("ratios:")
+    loaded = 8 if 8 in clients else max(clients)
+    if bare_best is not None:
+        print(f"  best bare layout: {bare_best.name} ({bare_best.images_per_second:.1f} img/s)")
+    if served and baseline:
+        print(ratio_line(f"served / baseline img/s, {loaded} clients",
+                         served[loaded].images_per_second / baseline[loaded].images_per_second, ">= 1.25"))
+    if served and bare_best:
+        print(ratio_line(f"served {loaded} clients / bare best img/s",
+                         served[loaded].images_per_second / bare_best.images_per_second, ">= 0.9"))
+    if served and baseline and 1 in clients:
+        print(ratio_line("lone request p50, served / baseline",
+                         served[1].latency_ms(0.5) / baseline[1].latency_ms(0.5), "<= 1.5"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
