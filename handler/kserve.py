@@ -1,0 +1,135 @@
+"""KServe's v1 and v2 request bodies around the tagger's one-image JSON request, and the answers back.
+
+On Kubernetes, KServe's TorchServe runtime puts its own model server in front of TorchServe: it takes
+``POST /v1/models/tagger:predict`` and ``POST /v2/models/tagger/infer`` and forwards the JSON body to
+TorchServe's ``/predictions/tagger`` (TorchServe's front end takes the same two URLs itself). The handler reads
+both bodies here, one request at a time, so batching and per-request errors work as for every other upload:
+
+- v1 ``{"instances": [{"data": "<base64>", "format": "list", "threshold": 0.3}]}`` (an instance may also be
+  the base64 string alone) is answered ``{"predictions": [<the dict or list response>]}``;
+- v2 ``{"id": "1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64>"]}],
+  "parameters": {"format": "list"}}`` is answered with one BYTES output holding the response as JSON text.
+
+One image per request, as for the other uploads (TorchServe batches concurrent requests). TorchServe's own
+``service_envelope`` (kserve, kservev2) is not used: it reads only the first request of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .request_parsing import JSON_IMAGE_FIELD, RequestError
+
+V1_INSTANCES = "instances"
+V2_INPUTS = "inputs"
+V2_OUTPUT_NAME = "result"
+# Request fields (v1: of the instance; v2: of the request's or the input's "parameters") that are options.
+OPTION_FIELDS = ("format", "threshold")
+
+
+@dataclass(frozen=True)
+class KServeEnvelope:
+    """How a KServe request wants its answer wrapped.
+
+    Args:
+        protocol: "v1" or "v2".
+        request_id: the v2 request's own ``id``, answered back; None when it sent none (or for v1).
+    """
+
+    protocol: str
+    request_id: str | None = None
+
+    def wrap(self, response: dict | list, *, model_name: str, model_version: str, torchserve_id: str) -> dict:
+        """The body answering a tagged image: v1 ``predictions`` or a v2 inference response.
+
+        Args:
+            response: the tagger's dict or list response of the one image.
+            model_name / model_version: the archive's (v2 answers name them).
+            torchserve_id: TorchServe's request id, the v2 ``id`` of a request that sent none.
+        """
+        if self.protocol == "v1":
+            return {"predictions": [response]}
+        return {
+            "id": self.request_id or torchserve_id,
+            "model_name": model_name,
+            "model_version": model_version,
+            "outputs": [{"name": V2_OUTPUT_NAME, "shape": [1], "datatype": "BYTES", "data": [json.dumps(response)]}],
+        }
+
+
+def open_envelope(row: Any) -> tuple[Any, KServeEnvelope | None]:
+    """A KServe v1/v2 row as the plain JSON row ``{"body": {"data": <base64>, options...}}``, and its envelope.
+
+    Any other row comes back as it is, with None.
+
+    Args:
+        row: one element of the list TorchServe passes to the handler.
+
+    Raises:
+        RequestError: 400 for a KServe body that holds no image, more than one, or not a base64 string.
+    """
+    body = row.get("body") if isinstance(row, Mapping) else None
+    if isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
+        # TorchServe parses only "application/json" exactly; KServe's model server adds "; charset=UTF-8".
+        try:
+            body = json.loads(bytes(body).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply
+            return row, None  # not JSON after all: request parsing reports it like any other body
+    if not isinstance(body, Mapping):
+        return row, None
+    if V1_INSTANCES in body:
+        return {"body": _v1_instance(body[V1_INSTANCES])}, KServeEnvelope(protocol="v1")
+    if V2_INPUTS in body:
+        request_id = body.get("id")
+        image = _v2_image(body[V2_INPUTS])
+        options = {**_v2_parameters(body), **_v2_parameters(body[V2_INPUTS][0])}
+        envelope = KServeEnvelope(protocol="v2", request_id=request_id if isinstance(request_id, str) else None)
+        return {"body": {JSON_IMAGE_FIELD: image, **options}}, envelope
+    return row, None
+
+
+def _v1_instance(instances: Any) -> dict[str, Any]:
+    if not isinstance(instances, list) or not instances:
+        raise RequestError(400, "no_image", 'a KServe v1 request needs "instances": [{"data": "<base64 image>"}]')
+    if len(instances) > 1:
+        raise RequestError(
+            400, "too_many_images",
+            f"send one instance per request, got {len(instances)} (TorchServe batches concurrent requests)",
+        )
+    (instance,) = instances
+    if isinstance(instance, str):
+        return {JSON_IMAGE_FIELD: instance}
+    if not isinstance(instance, Mapping):
+        raise RequestError(400, "no_image", 'a KServe v1 instance is {"data": "<base64 image>"} or the base64 string')
+    return dict(instance)
+
+
+def _v2_image(inputs: Any) -> str:
+    usage = 'a KServe v2 request needs "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64 image>"]}]'
+    if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], Mapping):
+        raise RequestError(400, "no_image", usage)
+    if len(inputs) > 1:
+        raise RequestError(400, "too_many_images", f"send one input tensor per request, got {len(inputs)}")
+    tensor = inputs[0]
+    if tensor.get("datatype") != "BYTES":
+        raise RequestError(400, "no_image", f"the input tensor's datatype must be BYTES, got {tensor.get('datatype')!r}: {usage}")
+    data = tensor.get("data")
+    if not isinstance(data, list) or not data:
+        raise RequestError(400, "no_image", usage)
+    if len(data) > 1:
+        raise RequestError(
+            400, "too_many_images",
+            f"send one image per request, got {len(data)} (TorchServe batches concurrent requests)",
+        )
+    if not isinstance(data[0], str):
+        raise RequestError(400, "bad_base64", "the BYTES tensor's element must be the image as a base64 string")
+    return data[0]
+
+
+def _v2_parameters(holder: Mapping[str, Any]) -> dict[str, Any]:
+    parameters = holder.get("parameters")
+    if not isinstance(parameters, Mapping):
+        return {}
+    return {key: parameters[key] for key in OPTION_FIELDS if key in parameters}

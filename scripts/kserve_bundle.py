@@ -1,0 +1,167 @@
+"""Writes the model storage that KServe's TorchServe runtime serves: config/ and model-store/ (``make kserve-bundle``).
+
+``python -m scripts.kserve_bundle [--checkpoint Epoch.N.pth | --model-dir model] [--output archive/kserve]``
+(the checkpoint is chosen as by ``make archive``: the named one, the newest ``Epoch.N.pth``, the demo model).
+
+KServe copies the InferenceService's ``storageUri`` to ``/mnt/models`` and its TorchServe runtime starts
+``torchserve --start --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties``.
+The bundle holds exactly that::
+
+    config/config.properties   config.properties's settings, with the KServe ones below
+    config/metrics.yaml        the metric declarations (metrics.yaml)
+    model-store/tagger.mar     the archive of `make archive`
+
+Every setting that is the same on a laptop and in a cluster (size limits, model API, metrics mode) is taken
+from ``config.properties``; the worker and batching settings come from ``model/model-config.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ts.model_server import load_properties
+
+from handler.checkpoint import CheckpointError, newest_checkpoint
+from scripts.make_archive import ArchiveError, build_archive
+from training.demo import SHIPPED_CHECKPOINT
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "tagger"
+MODEL_VERSION = "1.0"
+# Where KServe's storage initializer puts the storageUri's files, and the runtime's paths below it.
+MOUNT = "/mnt/models"
+CONFIG_DIR = "config"
+MODEL_STORE_DIR = "model-store"
+METRICS_FILE = "metrics.yaml"
+# Model settings that TorchServe's model_snapshot carries (it registers the model with them at start).
+SNAPSHOT_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout")
+
+# The settings that differ in the cluster, each with why; None leaves the setting out.
+KSERVE_SETTINGS: dict[str, tuple[str | None, str]] = {
+    "inference_address": (
+        "http://127.0.0.1:8085",
+        "KServe's model server answers the v1/v2 URLs on 8080 and forwards them here, inside the pod.",
+    ),
+    "management_address": (
+        "http://127.0.0.1:8085",
+        "KServe's model server asks here whether the model is ready (its own gRPC port is 8081).",
+    ),
+    "metrics_address": (
+        "http://0.0.0.0:8082",
+        "Prometheus scrapes the pod on the port the runtime announces (prometheus.kserve.io/port: 8082).",
+    ),
+    "model_store": (f"{MOUNT}/{MODEL_STORE_DIR}", "Where KServe puts the storageUri's model-store/."),
+    "metrics_config": (f"{MOUNT}/{CONFIG_DIR}/{METRICS_FILE}", "The metric declarations of this bundle."),
+    "load_models": (None, "model_snapshot (below) loads the model, with its worker and batching settings."),
+    "token_expiration_min": (None, "there are no keys (disable_token_authorization)."),
+    "disable_token_authorization": (
+        "true",
+        "KServe's model server calls TorchServe without a key, and TorchServe listens on the pod's loopback "
+        "only: callers are authenticated by the cluster's ingress (e.g. Istio with an AuthorizationPolicy). "
+        "The model API stays off (enable_model_api=false above): models come from storageUri only.",
+    ),
+    "enable_envvars_config": (
+        "true",
+        "TS_* environment variables override this file: the runtime sets TS_SERVICE_ENVELOPE from the "
+        "InferenceService's serviceEnvelope label.",
+    ),
+    "service_envelope": (
+        "",
+        "None: the handler reads KServe v1 and v2 bodies itself, request by request. TorchServe's kserve and "
+        "kservev2 envelopes answer only the first request of a batch (4 concurrent requests all got 503 "
+        "'number of batch response mismatched'): do not set the serviceEnvelope label.",
+    ),
+}
+
+
+def bundle_config(server_config: Path, model_config: Path) -> str:
+    """The text of the bundle's ``config.properties``.
+
+    Args:
+        server_config: the repository's ``config.properties`` (every setting KServe does not change).
+        model_config: ``model/model-config.yaml`` (workers and batching for the model snapshot).
+    """
+    shared = {key: value for key, value in load_properties(str(server_config)).items() if key not in KSERVE_SETTINGS}
+    lines = [
+        f"# TorchServe on KServe ({MOUNT}/{CONFIG_DIR}/config.properties), written by `make kserve-bundle`.",
+        f"# The same as {server_config.name} (see the reasons there):",
+        *(f"{key}={value}" for key, value in shared.items()),
+        "",
+        "# KServe:",
+    ]
+    for key, (value, why) in KSERVE_SETTINGS.items():
+        lines.append(_comment(why if value is not None else f"No {key}: {why}"))
+        if value is not None:
+            lines.append(f"{key}={value}")
+    lines.append(_comment(f"Registers {MODEL_NAME} at start with the settings of {model_config.name}."))
+    lines.append(f"model_snapshot={json.dumps(model_snapshot(model_config), separators=(',', ':'))}")
+    return "\n".join(lines) + "\n"
+
+
+def _comment(text: str) -> str:
+    return textwrap.fill(text, width=110, initial_indent="# ", subsequent_indent="# ")
+
+
+def model_snapshot(model_config: Path) -> dict[str, Any]:
+    """TorchServe's start-up snapshot: the one model, with the worker and batching settings of ``model_config``."""
+    settings = yaml.safe_load(model_config.read_text()) or {}
+    model = {"defaultVersion": True, "marName": f"{MODEL_NAME}.mar"}
+    model.update({key: settings[key] for key in SNAPSHOT_KEYS if key in settings})
+    return {"name": "startup.cfg", "modelCount": 1, "models": {MODEL_NAME: {MODEL_VERSION: model}}}
+
+
+def write_bundle(
+    checkpoint: Path,
+    *,
+    output: Path,
+    server_config: Path = REPO / "config.properties",
+    model_config: Path = REPO / "model" / "model-config.yaml",
+    metrics_config: Path = REPO / METRICS_FILE,
+) -> Path:
+    """Writes ``output/config/`` and ``output/model-store/<model>.mar``; returns ``output``.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read or does not fit its model config.
+        ArchiveError: torch-model-archiver failed.
+    """
+    config_dir, store = output / CONFIG_DIR, output / MODEL_STORE_DIR
+    config_dir.mkdir(parents=True, exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
+    build_archive(checkpoint, output=store / f"{MODEL_NAME}.mar", model_config_file=model_config, version=MODEL_VERSION)
+    shutil.copyfile(metrics_config, config_dir / METRICS_FILE)
+    (config_dir / "config.properties").write_text(bundle_config(server_config, model_config))
+    return output
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scripts.kserve_bundle", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, help="the checkpoint to pack (default: the newest in --model-dir)")
+    source.add_argument("--model-dir", type=Path, default=Path("model"),
+                        help=f"folder of Epoch.N.pth files; without any, {SHIPPED_CHECKPOINT} is packed")
+    parser.add_argument("--output", type=Path, default=Path("archive/kserve"), help="the folder to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    checkpoint = args.checkpoint or newest_checkpoint(args.model_dir) or SHIPPED_CHECKPOINT
+    try:
+        output = write_bundle(checkpoint, output=args.output)
+    except (CheckpointError, ArchiveError) as exc:
+        print(f"kserve_bundle: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {output}/ from {checkpoint}: copy it to the InferenceService's storageUri "
+          "(see README, Kubernetes / KServe)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
