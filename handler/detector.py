@@ -4,6 +4,12 @@ Every hyper-parameter of the seed (``shared/SEED-SPEC.md``) is a keyword default
 A model's whole configuration is a plain dict (``model_config``) that travels inside checkpoints, so
 ``build_detector_from_config(checkpoint["model_config"])`` rebuilds exactly the trained model.
 Nothing here reads files, flags or the environment: this module is packed into the model archive as is.
+
+Under autocast (float16 on a GPU) the convolutions and linear layers run in half precision, but everything
+that computes coordinates stays in float32: the feature maps (so the anchors), the RPN head's and the box
+predictor's outputs (so proposals, box decoding, NMS and the scaling back to the original image). In float16
+a coordinate near 13,000 steps by 8 px, and ``batched_nms`` shifts each class's boxes by ``label x (image size
++ 1)`` so they never overlap another class's: same-class boxes would be kept or suppressed by those 8 px.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 BACKBONES = ("vgg16", "resnet50", "demo")
+# How the backbone normalises (resnet50 and demo; vgg16 has no normalisation layers): batch_norm learns
+# from random weights; frozen_batch_norm keeps the statistics and affine values of pretrained weights as they
+# are (batches of 1-2 images per GPU would blur them) and is an identity at random init, so it cannot train.
+BACKBONE_NORMS = {"batch_norm": nn.BatchNorm2d, "frozen_batch_norm": FrozenBatchNorm2d}
 
 # Named sets of keyword arguments. The seed's backbones need none: the seed values are the defaults.
 # "demo" is NOT the seed's model: a 2.4-million-parameter network small enough to learn on a 2-core CPU
@@ -51,6 +61,7 @@ _IMAGENET_STD = [0.229, 0.224, 0.225]
 def make_faster_rcnn(
     *,
     backbone: str = "vgg16",
+    backbone_norm: str = "batch_norm",
     num_classes: int = 23,
     min_size: int = 400,
     max_size: int = 600,
@@ -86,6 +97,7 @@ def make_faster_rcnn(
     Args:
         backbone: ``vgg16`` (conv layers, 512 channels, stride 16), ``resnet50`` (up to layer4, 2048
             channels, stride 32) or ``demo`` (small CNN, 128 channels, stride 8). Weights start random.
+        backbone_norm: a key of ``BACKBONE_NORMS``: ``frozen_batch_norm`` for pretrained weights only.
         num_classes: object classes plus one for the background.
         anchor_sizes / aspect_ratios: the one-level anchor grid (sizes x ratios anchors per position).
         rpn_init_std: standard deviation of the RPN head's Gaussian initialisation (biases zero).
@@ -93,7 +105,7 @@ def make_faster_rcnn(
         cls_init_std / bbox_init_std: Gaussian initialisation of the predictor (biases zero).
         The other arguments are torchvision's ``FasterRCNN`` arguments of the same name.
     """
-    body, out_channels = _make_backbone(backbone)
+    body, out_channels = _make_backbone(backbone, norm=backbone_norm)
     anchor_generator = AnchorGenerator(
         sizes=(tuple(int(s) for s in anchor_sizes),),
         aspect_ratios=(tuple(float(r) for r in aspect_ratios),),
@@ -133,6 +145,8 @@ def make_faster_rcnn(
     _init_normal(model.rpn.head.modules(), std=rpn_init_std)
     _init_normal([box_predictor.cls_score], std=cls_init_std)
     _init_normal([box_predictor.bbox_pred], std=bbox_init_std)
+    for module in (body, model.rpn.head, box_predictor):
+        module.register_forward_hook(_float32_outputs)
     return model
 
 
@@ -164,7 +178,9 @@ def build_detector_from_config(config: Mapping[str, Any]) -> FasterRCNN:
         ValueError: for a setting this version does not know (e.g. from a newer version's checkpoint).
     """
     _refuse_unknown_settings(config)
-    return make_faster_rcnn(**config)
+    # Checkpoints written before backbone_norm existed: resnet50 froze its batch norm, demo trained its own.
+    legacy_norm = "frozen_batch_norm" if config.get("backbone") == "resnet50" else "batch_norm"
+    return make_faster_rcnn(**{"backbone_norm": legacy_norm, **config})
 
 
 def _refuse_unknown_settings(settings: Mapping[str, Any]) -> None:
@@ -186,29 +202,30 @@ def backbone_state_from_torchvision(backbone: str, state_dict: Mapping[str, torc
     raise ValueError(f"backbone {backbone!r} has no torchvision weights format")
 
 
-def _make_backbone(name: str) -> tuple[nn.Module, int]:
+def _make_backbone(name: str, *, norm: str) -> tuple[nn.Module, int]:
+    if norm not in BACKBONE_NORMS:
+        raise ValueError(f"unknown backbone_norm {norm!r}; choose one of: {', '.join(BACKBONE_NORMS)}")
+    norm_layer = BACKBONE_NORMS[norm]
     if name == "vgg16":
         # The conv layers without the last max-pool: stride 16, as in the original Faster R-CNN.
         body = vgg16(weights=None).features[:-1]
         out_channels = 512
     elif name == "resnet50":
-        # Frozen batch norm, as torchvision's detection models: batches of 1-2 images per GPU give
-        # useless batch statistics.
-        net = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+        net = resnet50(weights=None, norm_layer=norm_layer)
         body = nn.Sequential(
             OrderedDict((n, getattr(net, n)) for n in
                         ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"))
         )
         out_channels = 2048
     elif name == "demo":
-        body, out_channels = _demo_trunk(), 128
+        body, out_channels = _demo_trunk(norm_layer), 128
     else:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     body.out_channels = out_channels
     return body, out_channels
 
 
-def _demo_trunk() -> nn.Sequential:
+def _demo_trunk(norm_layer: type[nn.Module]) -> nn.Sequential:
     """3x3 conv-BN-ReLU layers giving one 128-channel map at stride 8.
 
     The last two are dilated so the receptive field (about 110 px) spans the largest demo objects.
@@ -219,7 +236,7 @@ def _demo_trunk() -> nn.Sequential:
     for c_in, c_out, stride, dilation in widths:
         layers += [
             nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
-            nn.BatchNorm2d(c_out),
+            norm_layer(c_out),
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*layers)
@@ -230,6 +247,17 @@ def _init_normal(modules, *, std: float) -> None:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             nn.init.zeros_(module.bias)
+
+
+def _float32_outputs(module: nn.Module, inputs: Any, output: Any) -> Any:
+    """Forward hook: the module's floating-point outputs in float32 (a no-op outside autocast)."""
+    if torch.is_tensor(output):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, dict):
+        return type(output)((key, _float32_outputs(module, inputs, value)) for key, value in output.items())
+    if isinstance(output, (list, tuple)):
+        return type(output)(_float32_outputs(module, inputs, value) for value in output)
+    return output
 
 
 def _plain(value: Any) -> Any:

@@ -2,7 +2,8 @@
 
 All weights are random (nothing is downloaded). The two seed models are big (137 M and 490 M parameters), so each
 is built once per module; one forward pass of either takes seconds on this CPU, a training step of resnet50
-tens of seconds and 9 GB, so training steps run on small images or on the demo preset only.
+tens of seconds and 9 GB, so training steps run on small images, with a narrow RoI head (resnet50) or on the
+demo preset.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import inspect
 import json
 import math
 import random
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,9 +23,11 @@ from torch import nn
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.models import resnet50, vgg16
 from torchvision.models.detection import FasterRCNN
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, box_iou
 
+from handler.checkpoint import load_checkpoint, model_from_checkpoint
 from handler.detector import (
+    BACKBONE_NORMS,
     BACKBONES,
     backbone_state_from_torchvision,
     build_detector,
@@ -45,13 +49,14 @@ SEED_BACKBONES = {"vgg16": (512, 16), "resnet50": (2048, 32)}
 #   box predictor  cls_score 4096*23 + 23 = 94,231, bbox_pred 4096*92 + 92 = 376,924  -> 471,155
 # vgg16:    backbone = torchvision vgg16 features (13 convs) 14,714,688; RPN 2,359,808 + 4,617 + 18,468;
 #           fc6 102,764,544.
-# resnet50: backbone = torchvision resnet50 25,557,032 - fc 2,049,000 - batch-norm affine 53,120 (frozen
-#           batch norm keeps them as buffers) = 23,454,912; RPN 37,750,784 + 18,441 + 73,764; fc6 411,045,888.
+# resnet50: backbone = torchvision resnet50 25,557,032 - fc 2,049,000 = 23,508,032 (trainable batch norm; frozen
+#           batch norm keeps its 53,120 affine values as buffers); RPN 37,750,784 + 18,441 + 73,764; fc6
+#           411,045,888.
 PARAMETER_COUNTS = {
     "vgg16": {"backbone": 14_714_688, "rpn": 2_382_893, "box_head": 119_545_856, "box_predictor": 471_155,
               "total": 137_114_592},
-    "resnet50": {"backbone": 23_454_912, "rpn": 37_842_989, "box_head": 427_827_200, "box_predictor": 471_155,
-                 "total": 489_596_256},
+    "resnet50": {"backbone": 23_508_032, "rpn": 37_842_989, "box_head": 427_827_200, "box_predictor": 471_155,
+                 "total": 489_649_376},
     # demo: six conv-BN layers 287,456 and two dilated ones 2 * (128*128*9 + 2*128); RPN on 128 channels
     # 153,389; fc6 128*49*256 + 256, fc7 256*256 + 256;
     # predictor 256*23 + 23 + 256*92 + 92.
@@ -246,6 +251,126 @@ def test_train_step_gives_four_finite_losses_and_gradients_everywhere(backbone, 
         assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
 
+# --- backbone normalisation ------------------------------------------------------------------------------
+
+
+def norm_layer_types(model: FasterRCNN) -> set[type]:
+    return {type(m) for m in model.backbone.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}
+
+
+def test_resnet50_from_random_weights_keeps_its_activations_normalised():
+    images = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    stage_stds = {}
+    for norm in BACKBONE_NORMS:
+        torch.manual_seed(0)
+        body = build_detector("resnet50", backbone_norm=norm, representation_size=64).backbone.train()
+        features, stage_stds[norm] = images, []
+        with torch.no_grad():
+            for name, layer in body.named_children():
+                features = layer(features)
+                if name.startswith("layer"):
+                    stage_stds[norm].append(features.std().item())
+    assert all(0.3 < std < 3 for std in stage_stds["batch_norm"]), stage_stds
+    # Frozen batch norm is an identity at random init: the activations grow stage by stage (0.6 to 32 here).
+    assert stage_stds["frozen_batch_norm"][-1] > 10 * stage_stds["frozen_batch_norm"][0], stage_stds
+
+
+def test_resnet50_from_random_weights_learns_in_a_few_cpu_steps(tmp_path):
+    # The seed's RoI head (two 4096-wide layers, 128 RoIs per image) would cost ~600 GFLOP per step on its own:
+    # a 256-wide head and 32 RoIs here; the backbone and RPN are the seed's.
+    torch.manual_seed(0)
+    model = build_detector("resnet50", min_size=128, max_size=160, representation_size=256,
+                           box_batch_size_per_image=32).train()
+    assert norm_layer_types(model) == {nn.BatchNorm2d}
+    image, target = scene(tmp_path, width=320, height=240, seed=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(5):
+        loss = sum(model([image], [target]).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(loss) for loss in losses), losses
+    assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("backbone, norm_type", [("resnet50", FrozenBatchNorm2d), ("demo", nn.BatchNorm2d)])
+def test_a_config_from_before_backbone_norm_rebuilds_its_model(backbone, norm_type):
+    old_norm = "frozen_batch_norm" if norm_type is FrozenBatchNorm2d else "batch_norm"
+    config = model_config(backbone, representation_size=64, backbone_norm=old_norm)
+    state = build_detector_from_config(config).state_dict()
+    del config["backbone_norm"]
+
+    model = build_detector_from_config(config)
+
+    assert norm_layer_types(model) == {norm_type}
+    model.load_state_dict(state)  # strict: batch norm has a num_batches_tracked buffer, frozen batch norm none
+
+
+def test_unknown_backbone_norm_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown backbone_norm 'group_norm'; choose one of: batch_norm, "
+                                         "frozen_batch_norm"):
+        build_detector("demo", backbone_norm="group_norm")
+
+
+# --- half precision ----------------------------------------------------------------------------------------
+
+
+def same_class_overlaps(detections: dict[str, torch.Tensor], iou_threshold: float) -> int:
+    """Pairs of detections of one class that overlap more than NMS lets through (IoU in float64)."""
+    overlaps = 0
+    for label in detections["labels"].unique():
+        boxes = detections["boxes"][detections["labels"] == label].double()
+        overlaps += int((box_iou(boxes, boxes).triu(diagonal=1) > iou_threshold).sum())
+    return overlaps
+
+
+def test_float16_autocast_decides_nms_in_float32_near_the_per_class_offset(tmp_path):
+    # batched_nms shifts the boxes of label k by k x (largest coordinate + 1) so classes never overlap: label 22
+    # in a 600 px frame lands near 13,000, where float16 steps by 8 px and decides same-class overlaps wrongly.
+    # torchvision takes that path for up to 1000 boxes on the CPU (5000 on a GPU): 20 pairs of proposals x 22
+    # classes here, each pair overlapping by IoU 0.45-0.55, so NMS has a close decision for every pair and class.
+    torch.manual_seed(0)
+    model = build_detector("demo", min_size=400, max_size=600, box_score_thresh=0.0,
+                           box_detections_per_img=1000).eval()
+    image, _ = scene(tmp_path, width=600, height=400, seed=5)
+    generator = torch.Generator().manual_seed(1)
+    corner = torch.rand(20, 2, generator=generator) * torch.tensor([480.0, 280.0])
+    size = 40 + torch.rand(20, 2, generator=generator) * 80
+    first = torch.cat([corner, corner + size], dim=1)
+    iou = 0.45 + 0.1 * torch.rand(20, generator=generator)
+    shift = size[:, 0] * (1 - iou) / (1 + iou)  # a box moved right by d overlaps by (w - d) / (w + d)
+    second = first + torch.stack([shift, torch.zeros(20), shift, torch.zeros(20)], dim=1)
+    with torch.inference_mode():
+        images, _ = model.transform([image])
+        assert images.image_sizes == [(400, 600)]
+        features = OrderedDict([("0", model.backbone(images.tensors))])
+        with torch.autocast("cpu", dtype=torch.float16):
+            (detections,), _ = model.roi_heads(features, [torch.cat([first, second])], images.image_sizes)
+
+    assert len(detections["boxes"]) > 20 * 22  # at least one box of each pair and class
+    # NMS on float16 boxes and offsets kept 74 such pairs.
+    assert same_class_overlaps(detections, model.roi_heads.nms_thresh) == 0
+    assert detections["boxes"].dtype == detections["scores"].dtype == torch.float32
+
+
+def test_float16_autocast_gives_the_float32_detections(trained_checkpoint, tmp_path):
+    state = load_checkpoint(trained_checkpoint)
+    model = model_from_checkpoint(state).eval()
+    image, _ = scene(tmp_path, width=320, height=320, seed=6)
+    with torch.inference_mode():
+        (expected,) = model([image])
+        with torch.autocast("cpu", dtype=torch.float16):
+            (found,) = model([image])
+    assert found["boxes"].dtype == found["scores"].dtype == torch.float32
+    confident = expected["scores"] >= 0.5
+    assert confident.sum() >= 2
+    assert torch.equal(found["labels"][confident], expected["labels"][confident])
+    torch.testing.assert_close(found["scores"][confident], expected["scores"][confident], rtol=0, atol=0.02)
+    torch.testing.assert_close(found["boxes"][confident], expected["boxes"][confident], rtol=0, atol=2.0)
+
+
 # --- overrides, presets and the plain config --------------------------------------------------------------
 
 
@@ -258,6 +383,8 @@ def _roi_head_widths(model: FasterRCNN) -> tuple[int, ...]:
 # Each keyword of make_faster_rcnn (but the backbone), a value that is neither the seed default nor the demo
 # preset's, where it shows on the built demo model, and what it must read there.
 OVERRIDES: list[tuple[str, Any, Callable[[FasterRCNN], Any], Any]] = [
+    ("backbone_norm", "frozen_batch_norm", lambda m: {type(layer) for layer in m.backbone[1::3]},
+     {FrozenBatchNorm2d}),
     ("num_classes", 5, lambda m: (m.roi_heads.box_predictor.cls_score.out_features,
                                   m.roi_heads.box_predictor.bbox_pred.out_features), (5, 20)),
     ("min_size", 256, lambda m: m.transform.min_size, (256,)),
@@ -347,7 +474,7 @@ def test_demo_preset_is_small_and_named_demo():
     model = build_detector("demo")
     config = model_config("demo")
     assert config["backbone"] == "demo" and config["num_classes"] == 23
-    assert (config["min_size"], config["max_size"]) == (320, 320)
+    assert (config["min_size"], config["max_size"]) == (320, 480)
     expected = PARAMETER_COUNTS["demo"]
     assert parameter_count(model.backbone) == expected["backbone"]
     assert parameter_count(model.rpn) == expected["rpn"]

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from training import utils
+from training import mixed_precision, utils
 from training.datasets import DatasetWarning, UnreadableImage
 from training.utils import StepFailedError, StepState
 
@@ -54,7 +54,7 @@ def train_one_epoch(
 
     Args:
         warmup_iters: linear LR warm-up over the first iterations of this epoch (0: none).
-        scaler: a GradScaler turns on mixed precision (CUDA only).
+        scaler: a GradScaler turns on mixed precision (``mixed_precision.grad_scaler``: CUDA only).
         max_steps: stop this epoch early after so many steps (for time-boxed runs).
         on_step: called after each trained step with (step, its losses averaged over the processes, its LR),
             e.g. to write training curves.
@@ -98,7 +98,7 @@ def train_one_epoch(
         try:
             images = [image.to(device, non_blocking=True) for image in batch.images]
             targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch.targets]
-            with torch.autocast(device.type, enabled=scaler is not None):
+            with mixed_precision.autocast(device, scaler):
                 loss_dict = model(images, targets)
         except Exception as exc:  # out of memory, a bad box, ...
             error = exc
@@ -111,15 +111,7 @@ def train_one_epoch(
                 f"({', '.join(f'{k}={v.item():.4g}' for k, v in reduced.items())}); "
                 "lower --lr or add --warmup-iters"
             )
-        loss = sum(loss_dict.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        mixed_precision.backward_and_step(sum(loss_dict.values()), optimizer, scaler)
         step_lr = optimizer.param_groups[0]["lr"]
         if warmup is not None and step < warmup.total_iters:
             warmup.step()

@@ -36,6 +36,7 @@ from training.datasets import DatasetError, open_dataset
 from training.engine import NonFiniteLossError, evaluate, format_metrics_table, train_one_epoch
 from training.events import TrainingCurves
 from training.layouts import FORMATS
+from training.mixed_precision import grad_scaler
 from training.presets import train_transforms
 from training.utils import StepFailedError
 
@@ -202,7 +203,7 @@ def train(args: argparse.Namespace) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.eta_min)
-    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
+    scaler = grad_scaler(device, enabled=args.amp)
     start_epoch = 1
     if resumed:
         start_epoch = restore_training_state(resumed, optimizer=optimizer, lr_scheduler=lr_scheduler,
