@@ -95,16 +95,17 @@ def run_two_processes(module: str, *args, env: dict | None = None) -> subprocess
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-def test_two_process_ddp_on_cpu_writes_checkpoints_from_rank_0_only(training_run, synthetic_data, tmp_path):
+def test_two_process_ddp_on_cpu_writes_checkpoints_from_rank_0_only(trained_checkpoint, synthetic_data, tmp_path):
     """Both processes evaluate half of the validation images; rank 0's mAP is the saved model's mAP on all."""
+    next_epoch = load_checkpoint(trained_checkpoint)["epoch"] + 1
     result = run_two_processes(
-        "training.train", "--data", synthetic_data, "--resume", training_run / f"Epoch.{TEST_EPOCHS}.pth",
-        "--epochs", TEST_EPOCHS + 1, "--max-steps-per-epoch", 3, "--output-dir", tmp_path, *DEMO_TRAIN_ARGS,
+        "training.train", "--data", synthetic_data, "--resume", trained_checkpoint, "--epochs", next_epoch,
+        "--max-steps-per-epoch", 3, "--output-dir", tmp_path, *DEMO_TRAIN_ARGS,
         "--batch-size", 1)  # one image per batch: no padding, so predictions do not depend on the batching
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "(2 processes, cpu)" in result.stdout
-    last = checkpoint_name(TEST_EPOCHS + 1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [last, "log.jsonl"]
+    last = checkpoint_name(next_epoch)
+    assert [p.name for p in tmp_path.glob("Epoch.*.pth")] == [last]
     (record,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     state = load_checkpoint(tmp_path / last)
     assert not any(key.startswith("module.") for key in state["model"])  # saved without the DDP wrapper
@@ -181,13 +182,20 @@ def test_resume_with_more_epochs_continues_the_cosine_down_to_eta_min(training_r
     assert start > rates[0] > rates[1] > rates[2] == pytest.approx(eta_min)
 
 
-def test_resume_from_a_serving_copy_starts_a_fresh_optimizer_with_a_warning(training_run, synthetic_data, tmp_path):
-    serving = save_serving_checkpoint(training_run / "Epoch.2.pth", tmp_path / "serving.pth", float16=True)
+@pytest.mark.parametrize("copy", ["serving copy", "model archive"])
+def test_resume_from_a_serving_copy_starts_a_fresh_optimizer_with_a_warning(copy, training_run, synthetic_data,
+                                                                             tmp_path):
+    if copy == "serving copy":
+        serving = save_serving_checkpoint(training_run / "Epoch.2.pth", tmp_path / "serving.pth", float16=True)
+    else:
+        serving = tmp_path / "tagger.mar"
+        packed = run_module("scripts.make_archive", "--checkpoint", training_run / "Epoch.2.pth", "--output", serving)
+        assert packed.returncode == 0, packed.stderr
     common = ["--data", synthetic_data, "--resume", serving, "--output-dir", tmp_path / "out",
               "--max-steps-per-epoch", 1, "--val-split", "", *DEMO_TRAIN_ARGS]
     result = run_module("training.train", *common, "--epochs", 4)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "serving.pth holds no optimizer state" in result.stderr and "fresh optimizer" in result.stderr
+    assert "holds no optimizer state" in result.stderr and "fresh optimizer" in result.stderr
     assert "epochs 3..4" in result.stdout
     # Epoch 3 trained at the schedule's LR for epoch 2 of 4; after it, the LR is the schedule's for epoch 3.
     (record3, record4) = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]

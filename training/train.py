@@ -16,9 +16,11 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 import traceback
 import warnings
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from training.presets import train_transforms
 from training.utils import StepFailedError
 
 UNREADABLE_SHOWN = 10  # unreadable images named in the closing summary (log.jsonl names all)
+MAR_MANIFEST = "MAR-INF/MANIFEST.json"  # what makes a zip file a TorchServe model archive
 
 
 class ResumeWarning(UserWarning):
@@ -77,7 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="do not batch landscape and portrait images apart")
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
     parser.add_argument("--output-dir", default="model", help="where Epoch.N.pth and log.jsonl go")
-    parser.add_argument("--resume", default=None, help="Epoch.N.pth to continue from (at epoch N+1)")
+    parser.add_argument("--resume", default=None,
+                        help="Epoch.N.pth, a serving copy or a .mar to continue from (at epoch N+1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     parser.add_argument("--seed", type=int, default=0)
@@ -139,6 +143,23 @@ def build_loaders(args, class_names, distributed: bool):
     return train_set, sampler, train_loader, val_loader
 
 
+def read_resume_checkpoint(path: str) -> dict:
+    """A checkpoint file, or the checkpoint packed in a TorchServe model archive (``make archive``'s .mar).
+
+    Raises:
+        CheckpointError: not a checkpoint of this project, nor an archive holding one.
+    """
+    if zipfile.is_zipfile(path):  # a torch file is a zip too, but without the archive's manifest
+        with zipfile.ZipFile(path) as archive:
+            if MAR_MANIFEST in archive.namelist():
+                packed = json.loads(archive.read(MAR_MANIFEST)).get("model", {}).get("serializedFile")
+                if not packed:
+                    raise CheckpointError(f"{path} is a model archive without a checkpoint (no serializedFile)")
+                with tempfile.TemporaryDirectory() as folder:
+                    return load_checkpoint(archive.extract(packed, folder))
+    return load_checkpoint(path)
+
+
 def restore_training_state(
     state: dict, *, optimizer: torch.optim.Optimizer, lr_scheduler: torch.optim.lr_scheduler.CosineAnnealingLR,
     scaler: torch.amp.GradScaler | None, source: str,
@@ -181,7 +202,7 @@ def train(args: argparse.Namespace) -> dict:
     utils.seed_everything(args.seed + rank)
     class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
 
-    resumed = load_checkpoint(args.resume) if args.resume else None
+    resumed = read_resume_checkpoint(args.resume) if args.resume else None
     if resumed:
         class_names = resumed["class_names"]
     train_set, sampler, train_loader, val_loader = build_loaders(args, class_names, distributed)
