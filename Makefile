@@ -57,3 +57,10 @@ stop: setup
 # The bare model, a plain one-image-per-request server and the TorchServe of `make serve`, in one run.
 bench: serve
 	$(PY) -m benchmarks.bench $(ARGS)
+
+# ---- Kubernetes: the storage layout of KServe's TorchServe runtime (README: Kubernetes / KServe) ----
+.PHONY: kserve-bundle
+
+# archive/kserve/{config,model-store}, from the checkpoint `make archive` would pack.
+kserve-bundle: setup
+	$(PY) -m scripts.kserve_bundle --output archive/kserve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model-dir $(OUTPUT))

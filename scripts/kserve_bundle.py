@@ -9,7 +9,7 @@ The bundle holds exactly that::
 
     config/config.properties   config.properties's settings, with the KServe ones below
     config/metrics.yaml        the metric declarations (metrics.yaml)
-    model-store/tagger.mar     the archive of `make archive`
+    model-store/tagger.mar     the archive of `make archive`, with the pod's worker count in its model config
 
 Every setting that is the same on a laptop and in a cluster (size limits, model API, metrics mode) is taken
 from ``config.properties``; the worker and batching settings come from ``model/model-config.yaml``.
@@ -21,6 +21,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ MODEL_STORE_DIR = "model-store"
 METRICS_FILE = "metrics.yaml"
 # Model settings that TorchServe's model_snapshot carries (it registers the model with them at start).
 SNAPSHOT_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout")
+# KServe scales a model by pods (replicas). A snapshot must name its worker counts (TorchServe 0.12 stops at
+# start without them), so where model-config.yaml leaves them to the machine, each pod runs one worker; it is
+# also written into the packed model config, from which the handler gives that worker all of the pod's cores.
+POD_WORKERS = 1
 
 # The settings that differ in the cluster, each with why; None leaves the setting out.
 KSERVE_SETTINGS: dict[str, tuple[str | None, str]] = {
@@ -81,12 +86,12 @@ KSERVE_SETTINGS: dict[str, tuple[str | None, str]] = {
 }
 
 
-def bundle_config(server_config: Path, model_config: Path) -> str:
+def bundle_config(server_config: Path, model_settings: dict[str, Any]) -> str:
     """The text of the bundle's ``config.properties``.
 
     Args:
         server_config: the repository's ``config.properties`` (every setting KServe does not change).
-        model_config: ``model/model-config.yaml`` (workers and batching for the model snapshot).
+        model_settings: the packed model config (workers and batching for the model snapshot).
     """
     shared = {key: value for key, value in load_properties(str(server_config)).items() if key not in KSERVE_SETTINGS}
     lines = [
@@ -100,8 +105,8 @@ def bundle_config(server_config: Path, model_config: Path) -> str:
         lines.append(_comment(why if value is not None else f"No {key}: {why}"))
         if value is not None:
             lines.append(f"{key}={value}")
-    lines.append(_comment(f"Registers {MODEL_NAME} at start with the settings of {model_config.name}."))
-    lines.append(f"model_snapshot={json.dumps(model_snapshot(model_config), separators=(',', ':'))}")
+    lines.append(_comment(f"Registers {MODEL_NAME} at start with the worker and batching settings of its model config."))
+    lines.append(f"model_snapshot={json.dumps(model_snapshot(model_settings), separators=(',', ':'))}")
     return "\n".join(lines) + "\n"
 
 
@@ -109,12 +114,22 @@ def _comment(text: str) -> str:
     return textwrap.fill(text, width=110, initial_indent="# ", subsequent_indent="# ")
 
 
-def model_snapshot(model_config: Path) -> dict[str, Any]:
-    """TorchServe's start-up snapshot: the one model, with the worker and batching settings of ``model_config``."""
-    settings = yaml.safe_load(model_config.read_text()) or {}
+def model_snapshot(model_settings: dict[str, Any]) -> dict[str, Any]:
+    """TorchServe's start-up snapshot: the one model, with the worker and batching settings given."""
     model = {"defaultVersion": True, "marName": f"{MODEL_NAME}.mar"}
-    model.update({key: settings[key] for key in SNAPSHOT_KEYS if key in settings})
+    model.update({key: model_settings[key] for key in SNAPSHOT_KEYS if key in model_settings})
     return {"name": "startup.cfg", "modelCount": 1, "models": {MODEL_NAME: {MODEL_VERSION: model}}}
+
+
+def pod_model_config(text: str) -> str:
+    """``model-config.yaml``'s text with the worker counts of one pod added where it names none."""
+    settings = yaml.safe_load(text) or {}
+    workers = settings.get("minWorkers", settings.get("maxWorkers", POD_WORKERS))
+    added = {key: workers for key in ("minWorkers", "maxWorkers") if key not in settings}
+    if not added:
+        return text
+    lines = [f"{key}: {value}" for key, value in added.items()]
+    return text + "\n# Added by `make kserve-bundle`: workers per pod (KServe adds pods to scale).\n" + "\n".join(lines) + "\n"
 
 
 def write_bundle(
@@ -134,9 +149,14 @@ def write_bundle(
     config_dir, store = output / CONFIG_DIR, output / MODEL_STORE_DIR
     config_dir.mkdir(parents=True, exist_ok=True)
     store.mkdir(parents=True, exist_ok=True)
-    build_archive(checkpoint, output=store / f"{MODEL_NAME}.mar", model_config_file=model_config, version=MODEL_VERSION)
+    pod_config = pod_model_config(model_config.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        packed_config = Path(tmp) / model_config.name
+        packed_config.write_text(pod_config)
+        build_archive(checkpoint, output=store / f"{MODEL_NAME}.mar", model_config_file=packed_config,
+                      version=MODEL_VERSION)
     shutil.copyfile(metrics_config, config_dir / METRICS_FILE)
-    (config_dir / "config.properties").write_text(bundle_config(server_config, model_config))
+    (config_dir / "config.properties").write_text(bundle_config(server_config, yaml.safe_load(pod_config)))
     return output
 
 

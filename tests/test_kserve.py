@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -158,13 +159,20 @@ def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):
     assert bundle_config["service_envelope"] == ""
     assert "load_models" not in bundle_config
 
+    # The snapshot registers the archive's model with the settings of the model config packed in it, which
+    # names the pod's worker counts (TorchServe needs them in a snapshot; the handler sizes its threads by them).
     snapshot = json.loads(bundle_config["model_snapshot"])
     (versions,) = snapshot["models"].values()
     (model,) = versions.values()
     assert list(snapshot["models"]) == ["tagger"] and model["marName"] == "tagger.mar"
-    model_config = yaml.safe_load((ROOT / "model" / "model-config.yaml").read_text())
+    with zipfile.ZipFile(bundle / "model-store" / "tagger.mar") as mar:
+        packed = yaml.safe_load(mar.read("model-config.yaml"))
+        assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"] in versions
+    shipped = yaml.safe_load((ROOT / "model" / "model-config.yaml").read_text())
+    assert {k: v for k, v in packed.items() if k not in ("minWorkers", "maxWorkers")} == {
+        k: v for k, v in shipped.items() if k not in ("minWorkers", "maxWorkers")}
     for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
-        assert model[key] == model_config[key], key
+        assert model[key] == packed[key], key
 
 
 def test_inference_services_fit_the_bundle(bundle_config):
