@@ -71,7 +71,7 @@ def open_envelope(row: Any) -> tuple[Any, KServeEnvelope | None]:
         RequestError: 400 for a KServe body that holds no image, more than one, or not a base64 string.
     """
     body = row.get("body") if isinstance(row, Mapping) else None
-    if isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
+    if isinstance(body, (bytes, bytearray)) and bytes(body[:64]).lstrip()[:1] == b"{":
         # TorchServe parses only "application/json" exactly; KServe's model server adds "; charset=UTF-8".
         try:
             body = json.loads(bytes(body).decode("utf-8"))

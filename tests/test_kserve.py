@@ -29,6 +29,7 @@ import yaml
 from ts.model_server import load_properties
 from ts.version import __version__ as TORCHSERVE_VERSION
 
+from handler.kserve import KServeEnvelope, open_envelope
 from scripts.kserve_bundle import get_args_parser, write_bundle
 from scripts.serve import running_server, stop_server
 from tests.test_serving import at_once, free_ports, scene
@@ -136,6 +137,19 @@ def v2_result(answer: requests.Response):
     assert (output["name"], output["datatype"], output["shape"]) == ("result", "BYTES", [1])
     (text,) = output["data"]
     return json.loads(text)
+
+
+def test_kserve_bodies_open_into_the_plain_json_request_and_other_rows_pass():
+    plain_json, image = {"body": {"data": "QUJD"}}, {"body": bytearray(b"\xff\xd8\xff\xe0 a JPEG")}
+    assert open_envelope(plain_json) == (plain_json, None) and open_envelope(image) == (image, None)
+    # As KServe's model server forwards it: JSON with a charset, which TorchServe hands over as bytes.
+    assert open_envelope({"body": bytearray(b'{"instances": ["QUJD"]}')}) == (
+        {"body": {"data": "QUJD"}}, KServeEnvelope(protocol="v1"))
+    # v2 options: the request's parameters, overridden by the input's own.
+    tensor = {"name": "x", "shape": [1], "datatype": "BYTES", "data": ["QUJD"], "parameters": {"threshold": 0.2}}
+    v2 = {"id": "7", "inputs": [tensor], "parameters": {"format": "list", "threshold": 0.9}}
+    assert open_envelope({"body": v2}) == (
+        {"body": {"data": "QUJD", "format": "list", "threshold": 0.2}}, KServeEnvelope(protocol="v2", request_id="7"))
 
 
 def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):
