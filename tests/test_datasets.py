@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -431,12 +430,9 @@ def test_open_dataset_errors_are_one_line(tmp_path):
 # --- the real raccoon photos -----------------------------------------------------------------------------------
 
 
-def test_raccoon_set_loads_cleanly_and_fast():
-    started = time.perf_counter()
+def test_raccoon_set_loads_cleanly():
     everything, messages = open_with_warnings(RACCOON, "all")
-    elapsed = time.perf_counter() - started
     assert messages == []  # a clean set gives no warning
-    assert elapsed < 5.0, f"building the raccoon set took {elapsed:.1f}s"
     assert len(everything) == 200 and everything.class_names == ["raccoon"]
     assert sum(len(record.boxes) for record in everything.records) == 217
     first = everything[by_name(everything)["raccoon-1.jpg"]]

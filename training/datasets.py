@@ -550,8 +550,9 @@ def _build_records(
                 report.zero_size_boxes += 1
                 continue
             x1, y1, x2, y2 = obj.box
-            if entry.relative_boxes:
-                x1, y1, x2, y2 = x1 * width, y1 * height, x2 * width, y2 * height
+            if entry.relative_boxes:  # rounded so that an edge written as 1.0000001 is not "clipped"
+                x1, y1, x2, y2 = (round(x1 * width, 3), round(y1 * height, 3), round(x2 * width, 3),
+                                  round(y2 * height, 3))
             clipped = (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
                        min(max(x2, 0.0), width), min(max(y2, 0.0), height))
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:

@@ -1,0 +1,74 @@
+"""The data set check (python -m training.inspect): its report, its contact sheet, its exit status."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from PIL import Image
+
+from client.draw import label_color
+from tests.conftest import run_module
+from tests.test_datasets import RACCOON, build_messy_flat_voc, write_image
+from training import inspect
+
+
+def run_inspect(capsys, *args) -> tuple[int, str]:
+    """Runs the check in this process; returns its exit status and what it printed."""
+    code = inspect.main([str(a) for a in args])
+    printed = capsys.readouterr()
+    return code, printed.out + printed.err
+
+
+def test_raccoon_report_counts_sizes_and_contact_sheet(tmp_path):
+    sheet = tmp_path / "sheet.png"
+    result = run_module("training.inspect", RACCOON, "--sheet", sheet)  # as a user runs it
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"data set: {RACCOON}" in lines and "layout:   Pascal VOC (images/ + annotations/)" in lines
+    assert "classes:  1 (raccoon)" in lines
+    table = lines[lines.index("classes:  1 (raccoon)") + 2:][:6]
+    assert [line.split() for line in table] == [
+        ["split", "train", "val"], ["images", "176", "24"], ["boxes", "192", "25"], ["negatives", "0", "0"],
+        ["boxes", "per", "class:"], ["raccoon", "192", "25"]]
+    sizes = next(line for line in lines if line.startswith("  min "))
+    assert "(192 training boxes)" in sizes
+    assert "  train: none" in lines and "  val: none" in lines
+    assert f"contact sheet: {sheet} (12 train images with their boxes)" in lines
+    assert lines[-1] == "ok: training.train can start with these options"
+    with Image.open(sheet) as picture:
+        assert picture.size == (4 * inspect.SHEET_CELL, 3 * (inspect.SHEET_CELL + 18))
+        colors = {color for _, color in picture.convert("RGB").getcolors(1 << 24)}
+    assert label_color("raccoon") in colors  # the boxes and labels are drawn
+
+
+def test_box_sizes_are_measured_in_the_chosen_models_input(capsys, tmp_path):
+    code, out = run_inspect(capsys, RACCOON, "--backbone", "demo", "--sheet", tmp_path / "s.png")
+    assert code == 0
+    assert "in the demo model's input: short side 320 px, long side at most 480 px, anchors 32, 64, 128 px" in out
+    assert "over twice the largest anchor match no anchor well" in out  # raccoons fill the photos
+
+
+def test_problems_the_loaders_fixed_are_listed(capsys, tmp_path):
+    messy = build_messy_flat_voc(tmp_path / "messy")
+    code, out = run_inspect(capsys, messy, "--train-split", "all", "--val-split", "", "--sheet", tmp_path / "s.png")
+    assert code == 0
+    problem = next(line for line in out.splitlines() if line.startswith("  all: "))
+    assert "1 image file missing (dropped): missing.jpg" in problem and "1 zero-size box dropped" in problem
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("no layout", "the train split cannot be read"),
+    ("no val split", "the val split cannot be read"),
+    ("only negatives", "the train split has no boxes"),
+])
+def test_data_that_cannot_train_exits_with_1_and_says_why(case, reason, capsys, tmp_path):
+    root = tmp_path / "data"
+    write_image(root / "images" / "a.jpg", Image.new("RGB", (32, 32)))
+    if case != "no layout":
+        (root / "labels").mkdir()
+        (root / "labels" / "a.txt").write_text("" if case == "only negatives" else "0 0.5 0.5 0.5 0.5\n")
+        (root / "data.yaml").write_text(yaml.safe_dump({"train": "images", "names": ["cat"],
+                                                        **({"val": "images"} if case != "no val split" else {})}))
+    code, out = run_inspect(capsys, root, "--sheet", tmp_path / "s.png")
+    assert code == 1
+    assert out.splitlines()[-1].startswith("cannot train: ") and reason in out.splitlines()[-1]
