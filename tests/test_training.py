@@ -106,6 +106,7 @@ def test_two_process_ddp_on_cpu_writes_checkpoints_from_rank_0_only(trained_chec
     assert "(2 processes, cpu)" in result.stdout
     last = checkpoint_name(next_epoch)
     assert [p.name for p in tmp_path.glob("Epoch.*.pth")] == [last]
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1 and (tmp_path / "curves.png").is_file()
     (record,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     state = load_checkpoint(tmp_path / last)
     assert not any(key.startswith("module.") for key in state["model"])  # saved without the DDP wrapper
