@@ -17,7 +17,6 @@ from training.datasets import (
     CocoDataset,
     DatasetError,
     DatasetWarning,
-    VOCDataset,
     open_dataset,
 )
 from training.presets import RandomHorizontalFlip

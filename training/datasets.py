@@ -41,8 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from handler.decode import ImageError, image_to_tensor, load_image_file, read_image_size
-from training.layouts import (IMAGE_EXTENSIONS, CocoSource, DatasetError, VocSource, YoloSource, find_layout,
-                              in_split)
+from training.layouts import IMAGE_EXTENSIONS, CocoSource, DatasetError, VocSource, find_layout, in_split
 
 Transforms = Callable[[torch.Tensor, dict], "tuple[torch.Tensor, dict]"]
 

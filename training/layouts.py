@@ -169,8 +169,12 @@ def _find_in_folder(root: Path, split: str, formats: tuple[str, ...]) -> Source 
         annotation_dir = next((d for d in (_child(root, VOC_FOLDERS), image_dir, root)
                                if d is not None and any(d.glob("*.xml"))), None)
         if annotation_dir is not None:
-            kind = "XML beside the images, as LabelImg saves" if annotation_dir == image_dir else \
-                f"{image_dir.name}/ + {annotation_dir.name}/" if image_dir != root else f"XML in {annotation_dir.name}/"
+            if annotation_dir == image_dir:
+                kind = "XML beside the images, as LabelImg saves"
+            elif image_dir == root:
+                kind = f"XML in {annotation_dir.name}/"
+            else:
+                kind = f"{image_dir.name}/ + {annotation_dir.name}/"
             stems = tuple(sorted(p.stem for p in annotation_dir.glob("*.xml")))
             return VocSource(layout=f"Pascal VOC ({kind})", annotation_dir=annotation_dir, image_dir=image_dir,
                              stems=tuple(s for s in stems if in_split(s, split)), description=f"{root} [{split}]")
