@@ -45,7 +45,7 @@ def test_box_sizes_are_measured_in_the_chosen_models_input(capsys, tmp_path):
     code, out = run_inspect(capsys, RACCOON, "--backbone", "demo", "--sheet", tmp_path / "s.png")
     assert code == 0
     assert "in the demo model's input: short side 320 px, long side at most 480 px, anchors 32, 64, 128 px" in out
-    assert "over twice the largest anchor match no anchor well" in out  # raccoons fill the photos
+    assert "over twice the largest anchor, matching no anchor well: " in out  # raccoons fill the photos
 
 
 def test_problems_the_loaders_fixed_are_listed(capsys, tmp_path):

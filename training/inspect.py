@@ -112,10 +112,10 @@ def box_size_lines(dataset: DetectionDataset, config: dict) -> list[str]:
     small = sum(side < anchors[0] / 2 for side in sides)
     large = sum(side > anchors[-1] * 2 for side in sides)
     if small:
-        lines.append(f"  {_boxes(small, len(sides))} under half the smallest anchor match no anchor well "
+        lines.append(f"  under half the smallest anchor, matching no anchor well: {_boxes(small, len(sides))} "
                      "(--model-override anchor_sizes=[...] or min_size=...)")
     if large:
-        lines.append(f"  {_boxes(large, len(sides))} over twice the largest anchor match no anchor well")
+        lines.append(f"  over twice the largest anchor, matching no anchor well: {_boxes(large, len(sides))}")
     return lines
 
 
