@@ -16,7 +16,9 @@ from handler.decode import (
     ImageError,
     NotAnImageError,
     TooManyPixelsError,
+    ModelInputSize,
     UnsupportedImageFormatError,
+    decode_for_model,
     decode_image,
     image_to_tensor,
     load_image_file,
@@ -310,3 +312,84 @@ def test_image_to_tensor_is_float_chw_in_0_1():
     assert tensor[:, 19, 39].tolist() == [0.0, 0.0, 1.0]
     gray = image_to_tensor(Image.new("L", (2, 2), 51))
     assert gray.shape == (3, 2, 2) and torch.allclose(gray, torch.full((3, 2, 2), 0.2))
+
+
+# --- decoding for a model: shrunk in 8 bits -------------------------------------------------------------------
+
+DEMO_INPUT = ModelInputSize(min_size=320, max_size=480)
+
+
+def ico(picture: bytes) -> bytes:
+    """An .ico file with one directory entry (its one-byte size fields say 256x256) pointing at ``picture``."""
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(picture), 22) + picture
+
+
+def test_decode_for_model_shrinks_to_the_model_input_and_keeps_the_upload_size():
+    decoded = decode_for_model(encode(left_red_right_blue(4000, 3000), "JPEG"), fit=DEMO_INPUT)
+    # 320 / 3000 is the model's own factor: the short side becomes 320, the long side stays under 480.
+    assert decoded.image.size == (427, 320) and (decoded.width, decoded.height) == (4000, 3000)
+    assert decoded.image.mode == "RGB"
+    assert np.abs(np.asarray(decoded.image, dtype=int)[160, 50] - RED).max() < 20
+    assert np.abs(np.asarray(decoded.image, dtype=int)[160, 380] - BLUE).max() < 20
+
+
+def test_decode_for_model_applies_the_exif_orientation_after_shrinking():
+    for fmt in ("JPEG", "PNG", "TIFF"):
+        decoded = decode_for_model(encode(left_red_right_blue(4000, 2000), fmt, exif=exif_with_orientation(6)),
+                                   fit=DEMO_INPUT)
+        assert decoded.image.size == (240, 480) and (decoded.width, decoded.height) == (2000, 4000), fmt
+        assert np.abs(np.asarray(decoded.image, dtype=int)[20, 120] - RED).max() < 20, fmt  # the left half on top
+        assert np.abs(np.asarray(decoded.image, dtype=int)[460, 120] - BLUE).max() < 20, fmt
+        assert decoded.image.getexif().get(0x0112, 1) == 1
+
+
+def test_decode_for_model_never_enlarges():
+    decoded = decode_for_model(encode(left_red_right_blue(100, 80), "PNG"), fit=DEMO_INPUT)
+    assert decoded.image.size == (100, 80) == (decoded.width, decoded.height)
+    thin = decode_for_model(encode(Image.new("RGB", (4000, 1), RED), "PNG"), fit=DEMO_INPUT)
+    assert thin.image.size == (480, 1) and (thin.width, thin.height) == (4000, 1)
+
+
+def test_decode_for_model_shrinks_every_mode_to_the_same_colours():
+    transparent = Image.new("P", (1600, 1200), 0)
+    transparent.putpalette([0, 0, 255, 255, 0, 0])
+    transparent.paste(1, (800, 0, 1600, 1200))
+    gray16 = Image.fromarray(np.full((1200, 1600), 65535 // 5, dtype=np.uint16))
+    cases = [
+        (encode(transparent, "PNG", transparency=0), [WHITE, RED]),  # transparent blue: white
+        (encode(gray16, "PNG"), [(51, 51, 51)] * 2),
+        (encode(Image.new("1", (1600, 1200), 1), "PNG"), [WHITE] * 2),
+        (encode(left_red_right_blue(1600, 1200).convert("CMYK"), "JPEG"), [RED, BLUE]),
+        (encode(left_red_right_blue(1600, 1200).convert("RGBA"), "WEBP", lossless=True), [RED, BLUE]),
+    ]
+    for data, (left, right) in cases:
+        decoded = decode_for_model(data, fit=DEMO_INPUT)
+        assert decoded.image.size == (427, 320) and decoded.image.mode == "RGB"
+        pixels_ = np.asarray(decoded.image, dtype=int)
+        assert np.abs(pixels_[160, 50] - left).max() < 20 and np.abs(pixels_[160, 380] - right).max() < 20
+
+
+def test_decode_for_model_refuses_like_decode_image():
+    with pytest.raises(EmptyImageError):
+        decode_for_model(b"", fit=DEMO_INPUT)
+    with pytest.raises(TooManyPixelsError):
+        decode_for_model(encode(Image.new("RGB", (200, 100)), "PNG"), fit=DEMO_INPUT, max_pixels=19_999)
+    jpeg = encode(Image.effect_noise((2000, 1500), 60).convert("RGB"), "JPEG")
+    with pytest.raises(NotAnImageError, match="truncated"):
+        decode_for_model(jpeg[: len(jpeg) // 2], fit=DEMO_INPUT)
+
+
+def test_an_ico_picture_over_the_limit_is_refused_before_it_is_decoded():
+    """Pillow decodes an icon's picture while it opens the file, and an .ico may hold a PNG of any size."""
+    png = encode(Image.new("RGB", (300, 300), GREEN), "PNG")
+    assert decode_image(ico(png), max_pixels=90_000).size == (300, 300)
+    with pytest.raises(TooManyPixelsError, match="ICO file holds a 300x300"):
+        decode_image(ico(png), max_pixels=89_999)
+    # The PNG claims 6000x6000 but holds 300x300 pixels: decoding it would fail (400), so the 413 shows
+    # that the check read the picture's header only.
+    with pytest.raises(TooManyPixelsError, match="6000x6000"):
+        decode_image(ico(with_png_size(png, 6000, 6000)), max_pixels=30_000_000)
+    bmp_icon = encode(Image.new("RGB", (64, 64), GREEN), "ICO", sizes=[(64, 64)], bitmap_format="bmp")
+    assert decode_image(bmp_icon, max_pixels=4096).size == (64, 64)
+    with pytest.raises(TooManyPixelsError, match="64x64"):
+        decode_image(bmp_icon, max_pixels=4095)

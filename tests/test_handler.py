@@ -404,3 +404,45 @@ def test_trained_model_answers_a_batch_with_the_right_tags(trained_service):
         wrong += len(set(answer["tags"]) - truth)
     assert right / total >= 0.8 and wrong <= 0.2 * total, (right, total, wrong)
     assert answers[-1] == answers[0]["tags"]
+
+
+def hostile_uploads(image: bytes) -> dict[str, tuple[Upload, int, str]]:
+    """Each hostile kind of request, with the status and error code it must get on its own."""
+    encoded = base64.b64encode(image).decode()
+    return {
+        "deep JSON array": (Upload([("body", "application/json", b"[" * 200_000)]), 400, "bad_json"),
+        "deep JSON with charset": (Upload([("body", "application/json; charset=utf-8", b"[" * 200_000)]),
+                                   400, "bad_json"),
+        "deep JSON object": (Upload([("body", "application/json", b'{"data":' * 50_000)]), 400, "bad_json"),
+        "400-digit threshold": (Upload([("body", "application/json",
+                                         f'{{"data": "{encoded}", "threshold": {"9" * 400}}}'.encode())]),
+                                422, "bad_parameter"),
+        "NaN threshold": (json_upload({"data": encoded, "threshold": float("nan")}), 422, "bad_parameter"),
+        "Infinity threshold": (json_upload({"data": encoded, "threshold": float("inf")}), 422, "bad_parameter"),
+        "list threshold": (json_upload({"data": encoded, "threshold": [0.5]}), 422, "bad_parameter"),
+        "object threshold": (json_upload({"data": encoded, "threshold": {"a": 1}}), 422, "bad_parameter"),
+        "explain header": (raw(image, headers={"explain": "True"}), 400, "predictions_only"),
+        "describe header": (raw(image, headers={"describe": "True"}), 400, "predictions_only"),
+    }
+
+
+@pytest.mark.parametrize("kind", list(hostile_uploads(b"")))
+def test_a_hostile_request_is_answered_alone(service, kind):
+    """Each hostile kind, first in its batch (where BaseHandler reads the explain/describe headers), with
+    three good neighbours: the batch succeeds, the neighbours are tagged, the hostile one gets its error."""
+    image = noise(80, 60)
+    upload, status, error = hostile_uploads(image)[kind]
+    replies = ask(service, [upload, raw(image), multipart(image, note="holiday"), json_upload(
+        {"data": base64.b64encode(image).decode(), "format": "list"})])
+    assert [r.status for r in replies] == [status, 200, 200, 200]
+    assert replies[0].body["error"] == error and replies[0].body["message"]
+    assert replies[1].body["width"] == replies[2].body["width"] == 80 and isinstance(replies[3].body, list)
+
+
+def test_a_batch_of_large_photos_is_answered_in_upload_pixels(service):
+    large = encode(Image.effect_noise((1000, 750), 60).convert("RGB"), quality=90)  # under max_pixels (1 MP)
+    replies = ask(service, [raw(large, headers=LOW), raw(noise(64, 48), headers=LOW)])
+    assert [r.status for r in replies] == [200, 200]
+    assert (replies[0].body["width"], replies[0].body["height"]) == (1000, 750)
+    assert boxes_inside(replies[0].body["detections"], 1000, 750)
+    assert max(d["box"][2] for d in replies[0].body["detections"]) > 480  # not the shrunk model input's pixels
