@@ -431,3 +431,10 @@ def test_upload_memory_follows_the_model_input_not_the_photo(trained_checkpoint)
     assert [(r.size, r.count) for r in results] == [((4000, 3000), 1), ((7300, 5475), 4)]
     for result in results:
         assert result.added_mb <= result.goal_mb, result
+
+
+def test_8_bit_pixels_are_widened_as_image_to_tensor_does(eager_tagger):
+    image = Image.effect_noise((160, 120), 60).convert("RGB")
+    eight_bit = eager_tagger.load_image(encoded(image, "PNG")).pixels
+    assert torch.equal(eight_bit.float() / 255, image_to_tensor(image))
+    assert eager_tagger.detect([eight_bit]) == eager_tagger.detect([image_to_tensor(image)])
