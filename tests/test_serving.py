@@ -10,6 +10,7 @@ model API and the size limits are the real ones.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -106,13 +108,13 @@ def serving_config(store: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture(scope="module")
-def server(trained_checkpoint, tmp_path_factory) -> Server:
-    root = tmp_path_factory.mktemp("torchserve")
-    store, start_dir, tmp_dir = root / "store", root / "start", root / "tmp"
-    for folder in (store, start_dir, tmp_dir):
+@contextlib.contextmanager
+def torchserve(store: Path, root: Path) -> Iterator[Server]:
+    """The real TorchServe serving ``store`` (the archive config.properties loads) on free loopback ports,
+    started in ``root``/start with its own ``root``/tmp, without PYTHONPATH; stopped on exit."""
+    start_dir, tmp_dir = root / "start", root / "tmp"
+    for folder in (start_dir, tmp_dir):
         folder.mkdir()
-    build_archive(trained_checkpoint, output=store / "tagger.mar", model_config_file=ROOT / "model" / "model-config.yaml")
     config_file = root / "config.properties"
     config_file.write_text(serving_config(store))
     config = read_server_config(config_file)
@@ -121,11 +123,20 @@ def server(trained_checkpoint, tmp_path_factory) -> Server:
         patch.delenv("TS_CONFIG_FILE", raising=False)
         process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
     try:
-        wait_until_ready(config, key_file=start_dir / "key_file.json", server=process,
-                         log_dir=start_dir / "logs")
+        wait_until_ready(config, key_file=start_dir / "key_file.json", server=process, log_dir=start_dir / "logs")
         yield Server(config, config_file, start_dir, tmp_dir, process)
     finally:
         stop_server(start_dir=start_dir, tmp_dir=tmp_dir)
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint, tmp_path_factory) -> Server:
+    root = tmp_path_factory.mktemp("torchserve")
+    store = root / "store"
+    store.mkdir()
+    build_archive(trained_checkpoint, output=store / "tagger.mar", model_config_file=ROOT / "model" / "model-config.yaml")
+    with torchserve(store, root) as served:
+        yield served
 
 
 def jpeg(image: Image.Image) -> bytes:
