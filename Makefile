@@ -9,7 +9,7 @@ DATA ?= data/synthetic
 OUTPUT ?= model
 ARGS ?=
 
-.PHONY: setup test data train evaluate demo-model
+.PHONY: setup test data inspect train evaluate demo-model
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test-seed-models: setup
 # A synthetic data set of 22 classes (VOC and COCO annotations), deterministic by seed.
 data: setup
 	$(PY) -m training.synthetic --output $(DATA) $(ARGS)
+
+# The data set check before training: layout, counts, box sizes, problems, and inspect.png (a contact sheet).
+inspect: setup
+	$(PY) -m training.inspect $(DATA) $(ARGS)
 
 train: setup
 	$(PY) -m training.train --data $(DATA) --output-dir $(OUTPUT) $(ARGS)
