@@ -84,6 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="Epoch.N.pth, a serving copy or a .mar to continue from (at epoch N+1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels-last weights on CUDA (faster convolutions with mixed precision on tensor "
+                             "cores; benchmarks/gpu_check.py times both); ignored on the CPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
@@ -216,6 +219,8 @@ def train(args: argparse.Namespace) -> dict:
         model, config = build_new_detector(args.backbone, len(class_names) + 1, args.backbone_weights,
                                            parse_overrides(args.model_override))
     model.to(device)
+    if args.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     model_without_ddp = model
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
