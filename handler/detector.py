@@ -250,9 +250,9 @@ def _init_normal(modules, *, std: float) -> None:
 
 
 def _float32_outputs(module: nn.Module, inputs: Any, output: Any) -> Any:
-    """Forward hook: the module's floating-point outputs in float32 (a no-op outside autocast)."""
+    """Forward hook: the module's half-precision outputs in float32 (a no-op outside autocast)."""
     if torch.is_tensor(output):
-        return output.float() if output.is_floating_point() else output
+        return output.float() if output.dtype in (torch.float16, torch.bfloat16) else output
     if isinstance(output, dict):
         return type(output)((key, _float32_outputs(module, inputs, value)) for key, value in output.items())
     if isinstance(output, (list, tuple)):
