@@ -1,9 +1,12 @@
 """The training step, mAP scoring, batching and augmentation helpers of the training flow."""
 
+import math
 import random
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 import pytest
 from torch.utils.data import DataLoader, SequentialSampler
 from torchvision.transforms.functional import pil_to_tensor
@@ -13,7 +16,8 @@ from training.datasets import DatasetWarning, UnreadableImage
 from training.engine import coco_map, format_metrics_table, train_one_epoch
 from training.presets import RandomHorizontalFlip
 from training.synthetic import render_image
-from training.utils import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
+from training.utils import (Agreement, GroupedBatchSampler, StepState, agree, aspect_ratio_groups, collate_as_lists,
+                            reduce_dict)
 
 NAMES = ["cat", "dog", "owl"]
 
@@ -115,3 +119,27 @@ def test_an_epoch_trains_on_the_readable_images_and_names_the_others():
     assert result.unreadable_images == ["broken.jpg (truncated)"]
     assert set(result.losses) == {"loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     assert result.losses["loss"] == pytest.approx(sum(v for k, v in result.losses.items() if k != "loss"))
+
+
+def agree_as_rank(rank: int, store: str, results) -> None:
+    """One of two gloo processes; rank 1 has an empty batch, then fails, then has a NaN loss."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    empty = agree(StepState.EMPTY if rank == 1 else StepState.READY)
+    failed = agree(StepState.FAILED, "ValueError: bad box") if rank == 1 else agree(StepState.READY)
+    losses = reduce_dict({"loss": torch.tensor(float("nan") if rank == 1 else 1.0), "other": torch.tensor(2.0 * rank)})
+    results.put((rank, empty, failed, math.isnan(losses["loss"]), losses["other"].item()))
+    dist.destroy_process_group()
+
+
+def test_two_processes_agree_on_each_step_and_average_losses_before_the_nan_check(tmp_path):
+    """What one process reports, every process gets back: both skip, both stop, both see the NaN."""
+    context = torch.multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    torch.multiprocessing.start_processes(agree_as_rank, args=(str(tmp_path / "store"), results), nprocs=2,
+                                          start_method="fork")
+    outcomes = sorted(results.get() for _ in range(2))
+    for rank, empty, failed, loss_is_nan, other in outcomes:
+        assert empty == Agreement(StepState.EMPTY)
+        assert failed == Agreement(StepState.FAILED, failed_rank=1, message="ValueError: bad box")
+        assert loss_is_nan and other == pytest.approx(1.0)
+    assert [outcome[0] for outcome in outcomes] == [0, 1]

@@ -26,12 +26,12 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class EpochResult:
-    """What one training epoch did, the same on every process."""
+    """What one training epoch did (averaged over the processes under DDP)."""
 
     losses: dict[str, float]  # the mean of each loss (and their sum, "loss") over the steps and the processes
     lr: float  # the LR of the last step
     steps: int  # steps trained (a step whose images were all unreadable is skipped)
-    unreadable_images: list[str]  # "path (reason)" of each image left out, on any process
+    unreadable_images: list[str]  # "path (reason)" of each image left out; rank 0 has every process's
 
 
 def train_one_epoch(
@@ -123,9 +123,9 @@ def train_one_epoch(
             on_step(step, step_losses, step_lr)
         bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     bar.close()
-    # Each process skipped its own images; all of them are logged (rank 0 logs).
+    # Each process skipped its own images; rank 0 logs them all.
     every_unreadable = utils.gather_to_main([str(image) for image in unreadable])
-    return EpochResult(losses={key: total / max(steps, 1) for key, total in sums.items()},
+    return EpochResult(losses={key: value / max(steps, 1) for key, value in sums.items()},
                        lr=optimizer.param_groups[0]["lr"], steps=steps, unreadable_images=every_unreadable)
 
 
