@@ -31,23 +31,22 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+import yaml
 from PIL import Image
 
-from client.keys import TorchServeKeys, bearer, read_keys
+from client.config import ServerConfig, read_server_config
+from client.keys import KEY_FILE, TorchServeKeys, bearer, read_keys
 from client.tag import tag_images
-from scripts.make_archive import build_archive
-from scripts.serve import (
-    ServerConfig,
-    read_server_config,
-    renew_expiring_keys,
-    running_server,
-    start_server,
-    stop_server,
-    wait_until_ready,
-)
+from handler.sizing import cpu_cores, worker_layout
+from scripts.serve import renew_expiring_keys, running_server, start_server, stop_server, wait_until_ready
+from tests.conftest import run_module
+from training.demo import SHIPPED_CHECKPOINT
 from training.synthetic import CLASS_NAMES, render_image
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIG = yaml.safe_load((ROOT / "model" / "model-config.yaml").read_text())
+# The shipped config leaves the worker count to the machine: one worker per core here (no GPU in the tests).
+LAYOUT = worker_layout(cores=cpu_cores())
 # "[METRICS]TaggerImages.Count:3|#ModelName:tagger,...|#hostname:vm,<timestamp>,<request id>,<request id>,..."
 BATCH_LINE = re.compile(r"\[METRICS\]TaggerImages\.Count:\d+\|.*#hostname:[^,]*,\d+,(?P<ids>[^ ]+?),? pattern=")
 
@@ -62,10 +61,13 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"{self.config.inference_url}/predictions/tagger"
+        return self.config.predictions_url
 
     def keys(self) -> TorchServeKeys:
-        return read_keys(self.start_dir / "key_file.json")
+        return read_keys(self.start_dir / KEY_FILE)
+
+    def workers(self) -> list[psutil.Process]:
+        return self.process.children(recursive=True)
 
     def post(self, **kwargs) -> requests.Response:
         headers = {**bearer(self.keys().inference), **kwargs.pop("headers", {})}
@@ -123,7 +125,7 @@ def torchserve(store: Path, root: Path) -> Iterator[Server]:
         patch.delenv("TS_CONFIG_FILE", raising=False)
         process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
     try:
-        wait_until_ready(config, key_file=start_dir / "key_file.json", server=process, log_dir=start_dir / "logs")
+        wait_until_ready(config, key_file=start_dir / KEY_FILE, server=process, log_dir=start_dir / "logs")
         yield Server(config, config_file, start_dir, tmp_dir, process)
     finally:
         stop_server(start_dir=start_dir, tmp_dir=tmp_dir)
@@ -131,10 +133,14 @@ def torchserve(store: Path, root: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def server(trained_checkpoint, tmp_path_factory) -> Server:
+    """TorchServe serving what `make serve` packs on a fresh clone: no Epoch.N.pth, so the shipped demo model."""
     root = tmp_path_factory.mktemp("torchserve")
-    store = root / "store"
-    store.mkdir()
-    build_archive(trained_checkpoint, output=store / "tagger.mar", model_config_file=ROOT / "model" / "model-config.yaml")
+    store, models = root / "store", root / "model"
+    for folder in (store, models):
+        folder.mkdir()
+    packed = run_module("scripts.make_archive", "--if-changed", "--model-dir", models, "--output", store / "tagger.mar")
+    assert packed.stdout.strip() == f"wrote {store / 'tagger.mar'} from {SHIPPED_CHECKPOINT}", packed.stderr
+    assert ROOT / SHIPPED_CHECKPOINT == trained_checkpoint
     with torchserve(store, root) as served:
         yield served
 
@@ -163,16 +169,21 @@ def at_once(*calls) -> list[requests.Response]:
         return list(pool.map(released, calls))
 
 
-def test_the_worker_imports_the_handler_from_the_archive_only(server):
-    (worker,) = server.process.children(recursive=True)
-    assert "model_service_worker.py" in " ".join(worker.cmdline())
-    # The worker runs in the folder TorchServe unpacked the .mar into, under its TEMP, and that folder is
-    # its only PYTHONPATH entry (set by TorchServe; an empty entry is the working folder, the same one):
-    # nothing of the repository is importable.
-    model_dir = Path(worker.cwd())
-    assert {entry or str(model_dir) for entry in worker.environ()["PYTHONPATH"].split(os.pathsep)} == {str(model_dir)}
-    assert model_dir.parent == server.tmp_dir / "models"
-    assert (model_dir / "tagger_handler.py").is_file() and (model_dir / "handler" / "tagging.py").is_file()
+def test_the_workers_import_the_handler_from_the_archive_only(server):
+    workers = server.workers()
+    assert len(workers) == LAYOUT.workers
+    for worker in workers:
+        assert "model_service_worker.py" in " ".join(worker.cmdline())
+        # The worker runs in the folder TorchServe unpacked the .mar into, under its TEMP, and that folder is
+        # its only PYTHONPATH entry (set by TorchServe; an empty entry is the working folder, the same one):
+        # nothing of the repository is importable.
+        model_dir = Path(worker.cwd())
+        assert {entry or str(model_dir) for entry in worker.environ()["PYTHONPATH"].split(os.pathsep)} == {
+            str(model_dir)}
+        assert model_dir.parent == server.tmp_dir / "models"
+        assert (model_dir / "tagger_handler.py").is_file() and (model_dir / "handler" / "tagging.py").is_file()
+        # Each worker runs its share of the cores as torch threads (handler/sizing.py).
+        assert worker.num_threads() >= LAYOUT.torch_threads
 
 
 def test_each_upload_style_gets_the_same_answer(server):
@@ -244,7 +255,7 @@ def test_concurrent_requests_are_batched(server):
         time.sleep(0.2)
     assert set().union(*batches) == ours
     assert max(len(b) for b in batches) > 1, batches  # TorchServe gathered several requests into one call
-    assert max(len(b) for b in batches) <= 4  # batchSize of model-config.yaml
+    assert max(len(b) for b in batches) <= MODEL_CONFIG["batchSize"]
 
 
 def test_a_bad_upload_gets_its_own_error_while_its_batch_is_answered(server):
@@ -289,8 +300,9 @@ def test_management_api_describes_the_model_and_refuses_registration(server):
     keys = server.keys()
     management = server.config.management_url
     (described,) = requests.get(f"{management}/models/tagger", headers=bearer(keys.management)).json()
-    assert (described["batchSize"], described["maxBatchDelay"]) == (4, 50)
-    assert [w["status"] for w in described["workers"]] == ["READY"]
+    assert (described["batchSize"], described["maxBatchDelay"]) == (
+        MODEL_CONFIG["batchSize"], MODEL_CONFIG["maxBatchDelay"])
+    assert [w["status"] for w in described["workers"]] == ["READY"] * LAYOUT.workers
     register = requests.post(f"{management}/models", params={"url": "https://example.com/evil.mar"},
                              headers=bearer(keys.management))
     assert register.status_code == 405  # enable_model_api=false
@@ -315,7 +327,7 @@ def test_client_tags_and_draws_the_right_objects(server, tmp_path):
 
     done = subprocess.run(
         [sys.executable, "-m", "client.tag", *paths[:2], "--draw", tmp_path / "drawn", "--url", server.url,
-         "--key-file", server.start_dir / "key_file.json"],
+         "--key-file", server.start_dir / KEY_FILE],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr
@@ -325,27 +337,57 @@ def test_client_tags_and_draws_the_right_objects(server, tmp_path):
             assert drawn.size == original.size
     list_run = subprocess.run(
         [sys.executable, "-m", "client.tag", paths[0], "--format", "list", "--url", server.url,
-         "--key-file", server.start_dir / "key_file.json"],
+         "--key-file", server.start_dir / KEY_FILE],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert list_run.stdout.strip() == f"{paths[0]}: {json.dumps(results[0].response['tags'])}"
 
 
-def test_serve_again_keeps_the_running_server(server):
-    """`make serve` a second time: no restart, the model answers, the usage names the current key."""
+def test_bench_measures_the_served_model(server):
+    """benchmarks/bench.py's TorchServe part against this server, with tiny counts (the lead runs it in full)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--config", server.config_file, "--parts", "served",
+         "--images", "3", "--seconds", "1", "--clients", "1,2"],
+        cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    name = (f"TorchServe {LAYOUT.workers}x{LAYOUT.torch_threads}, batch {MODEL_CONFIG['batchSize']}, "
+            f"delay {MODEL_CONFIG['maxBatchDelay']} ms")
+    for clients in ("1 client", "2 clients"):
+        (row,) = [line for line in done.stdout.splitlines() if line.startswith(f"{name}, {clients} ")]
+        images_per_second, p50, p90 = map(float, row.split()[-3:])
+        assert images_per_second > 0 and 0 < p50 <= p90, row
+    memory = re.search(r"worker peak RSS (\d+) MB; one 12 MP JPEG \(.*\) adds (-?\d+) MB", done.stdout)
+    assert memory and int(memory[1]) > 100, done.stdout  # a worker holds torch and the model: over 100 MB
+
+
+def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key(server):
+    """`make serve` a second time: no restart; it prints the layout and a curl line that reads the key itself."""
     done = subprocess.run(
         [sys.executable, "-m", "scripts.serve", "start", "--config", server.config_file],
         cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
         capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr
-    assert f"Bearer {server.keys().inference}" in done.stdout and server.url in done.stdout
     assert running_server(server.tmp_dir).pid == server.process.pid
+    keys = server.keys()
+    assert not {keys.inference, keys.management, keys.api} & set(re.findall(r"\w+", done.stdout))
+    assert f"Workers: {LAYOUT.describe()};" in done.stdout
+    (curl_line,) = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("curl ")]
+    assert curl_line.endswith(f" {server.url}")
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    (server.start_dir / "photo.jpg").write_bytes(scene(5600)[0])  # the line's example image, in this folder
+    called = subprocess.run(["bash", "-c", curl_line.replace("python3 -c", f"{sys.executable} -c")],
+                            cwd=server.start_dir, capture_output=True, text=True)
+    assert called.returncode == 0, called.stderr
+    assert set(json.loads(called.stdout)) == {"tags", "detections", "width", "height"}
 
 
 def test_expiring_keys_are_renewed(server):
     old = server.keys()
-    renew_expiring_keys(server.config, server.start_dir / "key_file.json", margin=timedelta(hours=2))
+    renew_expiring_keys(server.config, server.start_dir / KEY_FILE, margin=timedelta(hours=2))
     new = server.keys()
     assert new.inference != old.inference and new.management != old.management and new.api == old.api
     image = scene(5500)[0]
@@ -356,13 +398,13 @@ def test_expiring_keys_are_renewed(server):
 
 def test_stop_leaves_no_process_behind(server):
     family = [server.process, *server.process.children(recursive=True)]
-    assert len(family) == 2  # the Java front end and one Python worker
+    assert len(family) == 1 + LAYOUT.workers  # the Java front end and its Python workers
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)}
     command = [sys.executable, "-m", "scripts.serve", "stop"]
     done = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (0, "TorchServe stopped."), done.stderr
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
-    assert not (server.start_dir / "key_file.json").exists()
+    assert not (server.start_dir / KEY_FILE).exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.config.inference_url}/ping")
     again = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True)
