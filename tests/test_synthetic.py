@@ -7,7 +7,7 @@ import hashlib
 from PIL import Image
 
 from training.datasets import open_dataset
-from training.synthetic import CLASS_NAMES, CLASS_SPECS, COLORS, render_image, write_dataset
+from training.synthetic import CLASS_NAMES, CLASS_SPECS, COLORS, SIDE_RANGE, render_image, write_dataset
 
 
 def test_22_distinct_classes_with_readable_names():
@@ -76,5 +76,19 @@ def test_voc_and_coco_forms_describe_the_same_objects(tmp_path):
         _, coco_target = coco_set[i]
         assert voc_target["labels"].tolist() == coco_target["labels"].tolist()
         assert (voc_target["boxes"] - coco_target["boxes"]).abs().max() <= 1.0
-    with Image.open(root / "JPEGImages" / "val_00000.jpg") as image:
+    sizes = {(entry["width"], entry["height"]) for entry in coco["images"]}
+    for entry in coco["images"]:  # varied sizes (long side 240-800 px, aspect ratio up to 2:1), as recorded
+        with Image.open(root / "JPEGImages" / entry["file_name"]) as image:
+            assert image.size == (entry["width"], entry["height"])
+        assert SIDE_RANGE[0] <= max(image.size) <= SIDE_RANGE[1] and max(image.size) <= 2 * min(image.size) + 1
+    assert len(sizes) > 1
+
+
+def test_a_fixed_size_data_set_and_objects_scaled_with_the_image(tmp_path):
+    root = write_dataset(tmp_path / "fixed", counts={"train": 2}, seed=3, size=(320, 320))
+    with Image.open(root / "JPEGImages" / "train_00000.jpg") as image:
         assert image.size == (320, 320)
+    for width, height in ((320, 320), (960, 640)):
+        _, objects = render_image(random.Random(4), width=width, height=height)
+        sides = [max(x2 - x1, y2 - y1) for _, (x1, y1, x2, y2) in objects]
+        assert max(sides) <= 0.3 * min(width, height) + 1 and min(sides) >= 0.06 * min(width, height)
