@@ -76,6 +76,13 @@ def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = N
     with console.open("ab") as out:
         done = subprocess.run(command, cwd=start_dir, env=_server_env(tmp_dir), stdout=out, stderr=out)
     server = running_server(tmp_dir)
+    # The java launcher may re-exec itself just after it starts: for a moment its pid shows no
+    # ModelServer command line (seen once in CI, with the server running fine), so look again briefly.
+    for _ in range(50):
+        if done.returncode != 0 or server is not None:
+            break
+        time.sleep(0.1)
+        server = running_server(tmp_dir)
     if done.returncode != 0 or server is None:
         raise ServerError(f"torchserve did not start:\n{_tail(console)}")
     return server

@@ -120,11 +120,11 @@ def torchserve(store: Path, root: Path) -> Iterator[Server]:
     config_file = root / "config.properties"
     config_file.write_text(serving_config(store))
     config = read_server_config(config_file)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("PYTHONPATH", raising=False)
-        patch.delenv("TS_CONFIG_FILE", raising=False)
-        process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
-    try:
+    try:  # stopped even when the start fails: a half-started server must not outlive the test
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("PYTHONPATH", raising=False)
+            patch.delenv("TS_CONFIG_FILE", raising=False)
+            process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
         wait_until_ready(config, key_file=start_dir / KEY_FILE, server=process, log_dir=start_dir / "logs")
         yield Server(config, config_file, start_dir, tmp_dir, process)
     finally:
