@@ -29,9 +29,8 @@ from typing import Any
 import yaml
 from ts.model_server import load_properties
 
-from handler.checkpoint import CheckpointError, newest_checkpoint
-from scripts.make_archive import ArchiveError, build_archive
-from training.demo import SHIPPED_CHECKPOINT
+from handler.checkpoint import CheckpointError
+from scripts.make_archive import ArchiveError, add_checkpoint_arguments, build_archive, checkpoint_to_pack
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "tagger"
@@ -162,17 +161,14 @@ def write_bundle(
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scripts.kserve_bundle", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", type=Path, help="the checkpoint to pack (default: the newest in --model-dir)")
-    source.add_argument("--model-dir", type=Path, default=Path("model"),
-                        help=f"folder of Epoch.N.pth files; without any, {SHIPPED_CHECKPOINT} is packed")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--output", type=Path, default=Path("archive/kserve"), help="the folder to write")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    checkpoint = args.checkpoint or newest_checkpoint(args.model_dir) or SHIPPED_CHECKPOINT
+    checkpoint = checkpoint_to_pack(args)
     try:
         output = write_bundle(checkpoint, output=args.output)
     except (CheckpointError, ArchiveError) as exc:
