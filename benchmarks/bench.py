@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import requests
@@ -121,17 +122,18 @@ def _bare_process(checkpoint: str, device: str, threads: int, batch_sizes: list[
 
 
 def bare_layouts(*, device: str, cores: int) -> list[tuple[int, int]]:
-    """(processes, threads each) that fill the cores; one process on a GPU."""
+    """(processes, threads each) that fill the cores; on a GPU, 1, 2 or 4 processes sharing it (TorchServe's
+    workers per GPU), so the measured best can be compared with the served default of one."""
     if device != "cpu":
-        return [(1, cores)]
+        return [(processes, max(1, cores // processes)) for processes in (1, 2, 4)]
     return [(processes, cores // processes) for processes in range(1, cores + 1) if cores % processes == 0]
 
 
 def measure_bare(checkpoint: Path, jpegs: list[bytes], *, device: str, cores: int, batch_sizes: list[int],
-                 seconds: float) -> list[Measurement]:
-    """Every layout at every batch size; each process works through its share of the images."""
+                 seconds: float) -> Iterator[Measurement]:
+    """Every layout at every batch size, yielded as each layout ends; each process works through its share of
+    the images."""
     context = multiprocessing.get_context("spawn")
-    measurements = []
     for processes, threads in bare_layouts(device=device, cores=cores):
         barrier, results = context.Barrier(processes), context.Queue()
         workers = [
@@ -148,13 +150,12 @@ def measure_bare(checkpoint: Path, jpegs: list[bytes], *, device: str, cores: in
                 raise RuntimeError(f"a bare-model process failed (exit code {worker.exitcode})")
         for batch_size in batch_sizes:
             runs = [run for run in collected if run[0] == batch_size]
-            measurements.append(Measurement(
+            yield Measurement(
                 name=f"bare model, {_count(processes, 'process', 'processes')} x {_count(threads, 'thread')}, "
                      f"batch {batch_size}",
                 images=sum(run[1] for run in runs), seconds=max(run[2] for run in runs),
                 latencies=[latency for run in runs for latency in run[3]],
-            ))
-    return measurements
+            )
 
 
 # ---- the plain baseline server ----
@@ -317,10 +318,11 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
         checkpoint = args.checkpoint or checkpoint_from_archive(config.archive, Path(tmp))
         bare_best = baseline = served = None
         if "bare" in parts:
-            bare = measure_bare(checkpoint, jpegs, device=args.device, cores=cores, batch_sizes=batch_sizes,
-                                seconds=args.seconds)
-            for measurement in bare:
-                print(measurement.row())
+            bare = []
+            for measurement in measure_bare(checkpoint, jpegs, device=args.device, cores=cores,
+                                            batch_sizes=batch_sizes, seconds=args.seconds):
+                print(measurement.row(), flush=True)
+                bare.append(measurement)
             bare_best = max(bare, key=lambda m: m.images_per_second)
         if "baseline" in parts:
             context = multiprocessing.get_context("spawn")

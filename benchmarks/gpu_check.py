@@ -74,6 +74,8 @@ class Agreement:
     unmatched: int  # on either side, beyond the borderline scores
     max_box_diff_px: float  # over the matched pairs
     max_score_diff: float
+    # Each unmatched detection and its nearest same-label one on the other side, so a reader can judge the gap.
+    unmatched_detections: tuple[str, ...] = ()
 
     @property
     def agrees(self) -> bool:
@@ -118,7 +120,8 @@ def compare(variant: str, reference: list[list[Detection]], found: list[list[Det
     """Pairs each image's confident detections best-first by label and box (see the module docstring)."""
     counts = {"reference": 0, "found": 0, "matched": 0, "unmatched": 0}
     box_diff = score_diff = 0.0
-    for expected, got in zip(reference, found):
+    unmatched = []
+    for image, (expected, got) in enumerate(zip(reference, found)):
         expected = [d for d in expected if d.score >= SCORE_THRESHOLD]
         candidates = [d for d in got if d.score >= SCORE_THRESHOLD - SCORE_TOLERANCE]
         counts["reference"] += len(expected)
@@ -128,14 +131,33 @@ def compare(variant: str, reference: list[list[Detection]], found: list[list[Det
                          and _box_diff(c, detection) <= BOX_TOLERANCE_PX
                          and abs(c.score - detection.score) <= SCORE_TOLERANCE), None)
             if pair is None:
-                counts["unmatched"] += detection.score >= SCORE_THRESHOLD + SCORE_TOLERANCE
+                if detection.score >= SCORE_THRESHOLD + SCORE_TOLERANCE:
+                    unmatched.append(f"image {image}: cpu float32 {_describe(detection, got)}")
                 continue
             candidates.remove(pair)
             counts["matched"] += 1
             box_diff = max(box_diff, _box_diff(pair, detection))
             score_diff = max(score_diff, abs(pair.score - detection.score))
-        counts["unmatched"] += sum(c.score >= SCORE_THRESHOLD + SCORE_TOLERANCE for c in candidates)
-    return Agreement(variant=variant, **counts, max_box_diff_px=box_diff, max_score_diff=score_diff)
+        unmatched += [f"image {image}: {variant} {_describe(c, expected)}"
+                      for c in candidates if c.score >= SCORE_THRESHOLD + SCORE_TOLERANCE]
+    counts["unmatched"] = len(unmatched)
+    return Agreement(variant=variant, **counts, max_box_diff_px=box_diff, max_score_diff=score_diff,
+                     unmatched_detections=tuple(unmatched))
+
+
+def _describe(detection: Detection, others: list[Detection]) -> str:
+    """The detection, and the other side's nearest one of its label (by box difference)."""
+    text = f"{detection.label} {detection.score:.3f} at {_box_text(detection)}"
+    same_label = [other for other in others if other.label == detection.label]
+    if not same_label:
+        return text + "; no detection of that label on the other side"
+    nearest = min(same_label, key=lambda other: _box_diff(other, detection))
+    return (text + f"; nearest on the other side: {nearest.score:.3f} at {_box_text(nearest)} "
+                   f"(box diff {_box_diff(nearest, detection):.1f} px)")
+
+
+def _box_text(detection: Detection) -> str:
+    return "(" + ", ".join(f"{value:.1f}" for value in detection.box) + ")"
 
 
 def _box_diff(a: Detection, b: Detection) -> float:
@@ -218,6 +240,7 @@ def format_report(device_name: str, agreements: list[Agreement], throughputs: li
     for a in agreements:
         lines.append(f"{a.variant:<30}{a.reference:>6}{a.found:>7}{a.matched:>9}{a.unmatched:>11}"
                      f"{a.max_box_diff_px:>10.3f}{a.max_score_diff:>12.4f}  {'agree' if a.agrees else 'DISAGREE'}")
+        lines += [f"  unmatched, {text}" for text in a.unmatched_detections]
     batch_sizes = sorted({t.batch_size for t in throughputs})
     width, height = THROUGHPUT_IMAGE
     lines += ["", f"throughput of Tagger.detect, images/s ({width}x{height} images, random weights)",

@@ -53,12 +53,20 @@ def test_agreement_allows_the_stated_tolerances_only():
     assert agreement.max_box_diff_px == BOX_TOLERANCE_PX
 
     moved = [detection("cat", 0.9, (10.0 + BOX_TOLERANCE_PX + 0.5, 20.0, 110.0, 220.0)), dog]
-    assert compare("moved", [[cat, dog]], [moved]).unmatched == 2  # the CPU's cat unpaired, and the moved one
+    moved_apart = compare("moved", [[cat, dog]], [moved])
+    assert moved_apart.unmatched == 2  # the CPU's cat unpaired, and the moved one
+    assert moved_apart.unmatched_detections == (
+        "image 0: cpu float32 cat 0.900 at (10.0, 20.0, 110.0, 220.0); nearest on the other side: 0.900 at "
+        "(12.5, 20.0, 110.0, 220.0) (box diff 2.5 px)",
+        "image 0: moved cat 0.900 at (12.5, 20.0, 110.0, 220.0); nearest on the other side: 0.900 at "
+        "(10.0, 20.0, 110.0, 220.0) (box diff 2.5 px)")
     relabelled = [detection("bird", 0.9, cat.box), dog]
     assert not compare("relabelled", [[cat, dog]], [relabelled]).agrees
     rescored = [detection("cat", 0.9 - 2 * SCORE_TOLERANCE, cat.box), dog]
     assert not compare("rescored", [[cat, dog]], [rescored]).agrees
-    assert compare("missing", [[cat, dog]], [[cat]]).unmatched == 1
+    missing = compare("missing", [[cat, dog]], [[cat]])
+    assert missing.unmatched_detections == (
+        "image 0: cpu float32 dog 0.700 at (50.0, 50.0, 90.0, 90.0); no detection of that label on the other side",)
     assert compare("extra", [[cat]], [[cat, dog]]).unmatched == 1
 
 

@@ -124,8 +124,9 @@ def read_replies(message: bytes) -> list[Reply]:
     return replies
 
 
-def serve(checkpoint: Path, folder: Path, handler_config: dict | None = None) -> Service:
-    """The handler loaded as TorchServe's model loader does it, in a model folder like an unpacked .mar."""
+def serve(checkpoint: Path, folder: Path, handler_config: dict | None = None, gpu: int | None = None) -> Service:
+    """The handler loaded as TorchServe's model loader does it, in a model folder like an unpacked .mar; ``gpu``
+    is the ``gpu_id`` the front end gives a worker on a GPU machine."""
     (folder / "MAR-INF").mkdir(parents=True)
     shutil.copy(checkpoint, folder / checkpoint.name)
     (folder / "model-config.yaml").write_text(yaml.safe_dump({"batchSize": 8, "handler": handler_config or {}}))
@@ -135,7 +136,7 @@ def serve(checkpoint: Path, folder: Path, handler_config: dict | None = None) ->
     handler = TaggerHandler()
     metrics = MetricsCacheYamlImpl(str(METRICS_CONFIG))
     metrics.model_name = "tagger"
-    service = Service("tagger", str(folder), manifest, handler.handle, None, 8, True, metrics)
+    service = Service("tagger", str(folder), manifest, handler.handle, gpu, 8, True, metrics)
     handler.initialize(service.context)
     service.set_cl_socket(None)
     return service
@@ -404,6 +405,41 @@ def test_trained_model_answers_a_batch_with_the_right_tags(trained_service):
         wrong += len(set(answer["tags"]) - truth)
     assert right / total >= 0.8 and wrong <= 0.2 * total, (right, total, wrong)
     assert answers[-1] == answers[0]["tags"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the lent GPU machine runs it")
+@pytest.mark.parametrize("handler_config", [{}, {"half_precision": True, "channels_last": True}],
+                         ids=["float32", "float16-channels_last"])
+def test_a_gpu_worker_answers_a_mixed_batch_like_a_cpu_worker(trained_checkpoint, trained_service, handler_config,
+                                                              tmp_path):
+    """One batch of scenes of different sizes (one model call on a GPU), a large photo and a broken upload: the
+    GPU worker gives every row the CPU worker's status, and the same detections: boxes within 2 px (1% of a
+    large photo's side), scores within 0.03."""
+    gpu_service = serve(trained_checkpoint, tmp_path, handler_config, gpu=0)
+    assert gpu_service._entry_point.__self__.device == torch.device("cuda", 0)
+    sizes = [(320, 320), (640, 480), (480, 640), (800, 600), (2000, 1500), (400, 260)]
+    uploads = [raw(encode(render_image(random.Random(4000 + n), width=w, height=h)[0], quality=90))
+               for n, (w, h) in enumerate(sizes)]
+    uploads.insert(3, raw(b"garbage", "application/octet-stream"))
+    expected, found = ask(trained_service, uploads), ask(gpu_service, uploads)
+    assert [r.status for r in found] == [r.status for r in expected] == [200, 200, 200, 400, 200, 200, 200]
+    for cpu, gpu in zip(expected, found):
+        if cpu.status != 200:
+            assert gpu.body == cpu.body
+            continue
+        assert (gpu.body["width"], gpu.body["height"]) == (cpu.body["width"], cpu.body["height"])
+        assert cpu.body["detections"]
+        # Detections near the threshold may fall on either side of it on different hardware.
+        sure = [d for d in cpu.body["detections"] if d["score"] >= 0.53]
+        candidates = list(gpu.body["detections"])
+        box_tolerance = max(2.0, 0.01 * max(cpu.body["width"], cpu.body["height"]))  # 1% of a large photo's side
+        for detection in sure:
+            pair = next((c for c in candidates if c["label"] == detection["label"]
+                         and max(abs(a - b) for a, b in zip(c["box"], detection["box"])) <= box_tolerance
+                         and abs(c["score"] - detection["score"]) <= 0.03), None)
+            assert pair is not None, (detection, gpu.body["detections"])
+            candidates.remove(pair)
+        assert all(c["score"] < 0.53 for c in candidates), candidates
 
 
 def hostile_uploads(image: bytes) -> dict[str, tuple[Upload, int, str]]:
