@@ -32,6 +32,8 @@ from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_key
 from handler.sizing import WorkerLayout, cpu_cores, worker_layout
 
 CONSOLE_LOG = Path("logs") / "console.log"
+# TorchServe's logging: each line once, without its per-request DEBUG and INFO lines (the file says why).
+LOG_CONFIG = Path(__file__).resolve().parents[1] / "log4j2.xml"
 
 
 class ServerError(RuntimeError):
@@ -57,7 +59,7 @@ def pid_file(tmp_dir: Path | None = None) -> Path:
 
 
 def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = None) -> psutil.Process:
-    """Runs ``torchserve --start`` (token authorization on, no config snapshots) in ``start_dir``.
+    """Runs ``torchserve --start`` (token authorization on, no config snapshots, ``LOG_CONFIG``) in ``start_dir``.
 
     Args:
         config_file: the ``config.properties`` to serve with.
@@ -71,7 +73,8 @@ def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = N
     console = start_dir / CONSOLE_LOG
     console.parent.mkdir(parents=True, exist_ok=True)
     (start_dir / KEY_FILE).unlink(missing_ok=True)  # a stale file would hand out dead keys
-    command = [sys.executable, "-m", "ts.model_server", "--start", "--ncs", "--ts-config", str(config_file.resolve())]
+    command = [sys.executable, "-m", "ts.model_server", "--start", "--ncs", "--ts-config", str(config_file.resolve()),
+               "--log-config", str(LOG_CONFIG)]
     # The Java server inherits stdout: a pipe would never close, so the output goes to a file.
     with console.open("ab") as out:
         done = subprocess.run(command, cwd=start_dir, env=_server_env(tmp_dir), stdout=out, stderr=out)

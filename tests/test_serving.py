@@ -38,7 +38,9 @@ from client.config import ServerConfig, read_server_config
 from client.keys import KEY_FILE, TorchServeKeys, bearer, read_keys
 from client.tag import tag_images
 from handler.sizing import cpu_cores, worker_layout
-from scripts.serve import renew_expiring_keys, running_server, start_server, stop_server, wait_until_ready
+from scripts.serve import (
+    CONSOLE_LOG, renew_expiring_keys, running_server, start_server, stop_server, wait_until_ready,
+)
 from tests.conftest import run_module
 from training.demo import SHIPPED_CHECKPOINT
 from training.synthetic import CLASS_NAMES, render_image
@@ -256,6 +258,28 @@ def test_concurrent_requests_are_batched(server):
     assert set().union(*batches) == ours
     assert max(len(b) for b in batches) > 1, batches  # TorchServe gathered several requests into one call
     assert max(len(b) for b in batches) <= MODEL_CONFIG["batchSize"]
+
+
+def test_logs_hold_each_line_once_without_per_request_chatter(server):
+    """scripts/serve.py starts TorchServe with log4j2.xml: one access-log line per request, each handler metric
+    once per batch, no DEBUG lines or per-request INFO lines of the batching code, warnings only on the console
+    (TorchServe's own log config writes most lines twice, and about 22 per request)."""
+    logs = server.start_dir / "logs"
+    access_log = logs / "access_log.log"
+    before = access_log.read_text().count("POST /predictions/tagger")
+    image = scene(5150)[0]
+    answers = at_once(*[(lambda: server.post(data=image, headers={"Content-Type": "image/jpeg"}))] * 4)
+    assert [a.status_code for a in answers] == [200] * 4
+    ours = {a.headers["x-request-id"] for a in answers}
+    while not ours <= {request for batch in server.batches() for request in batch}:
+        time.sleep(0.2)  # the worker's metric lines reach the log just after the answers
+    ts_log = (logs / "ts_log.log").read_text(errors="replace").splitlines()
+    metric_lines = [line for line in ts_log if "[METRICS]Tagger" in line]
+    assert metric_lines and len(metric_lines) == len(set(metric_lines))  # a line written twice is identical
+    assert not [line for line in ts_log if "[DEBUG]" in line or "Sending response for jobId" in line]
+    assert access_log.read_text().count("POST /predictions/tagger") - before == 4
+    console = (logs / CONSOLE_LOG.name).read_text(errors="replace")
+    assert "Model server started" in console and "[INFO ]" not in console and "[DEBUG]" not in console
 
 
 def test_a_bad_upload_gets_its_own_error_while_its_batch_is_answered(server):
