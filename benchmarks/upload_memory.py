@@ -79,11 +79,9 @@ def measure(checkpoint: Path, *, image_format: str, max_pixels: int | None) -> l
     with tempfile.TemporaryDirectory() as folder:
         for case, size, count, goal in CASES:
             large = photo(size)
-            scale = input_size.scale(*size)
             upload, model_sized = Path(folder) / "upload", Path(folder) / "model_sized"
             upload.write_bytes(encode(large, image_format))
-            model_sized.write_bytes(encode(large.resize((round(size[0] * scale), round(size[1] * scale))),
-                                           image_format))
+            model_sized.write_bytes(encode(large.resize(input_size.shrunk(*size)), image_format))
             del large
             with spawn.Pool(1) as pool:
                 added = pool.apply(_added_in_fresh_process, (checkpoint, upload, model_sized, count, max_pixels))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
-import torchvision.transforms.functional as TF
 from torchvision.models.detection import FasterRCNN
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -172,7 +171,7 @@ class Tagger:
             ImageError: empty, unreadable, unsupported or over ``max_pixels``.
         """
         decoded = decode_for_model(data, fit=self.input_size, max_pixels=max_pixels)
-        return ModelImage(pixels=TF.pil_to_tensor(decoded.image), width=decoded.width, height=decoded.height)
+        return ModelImage(pixels=decoded.pixels, width=decoded.width, height=decoded.height)
 
     def detect(self, images: Sequence[ModelImage | torch.Tensor]) -> list[list[Detection]]:
         """Runs the model on all images (see ``_model_calls``); each image's detections, best score first.
