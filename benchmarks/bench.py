@@ -168,6 +168,9 @@ def _baseline_server(checkpoint: str, device: str, ready) -> None:
     model_lock = threading.Lock()
 
     class TagRequest(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # kept-alive connections, as TorchServe's
+        disable_nagle_algorithm = True  # headers and body are two writes: Nagle would hold the body ~40 ms
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             try:
@@ -191,7 +194,10 @@ def _baseline_server(checkpoint: str, device: str, ready) -> None:
         def log_message(self, *args) -> None:  # one line per request would cost more than the answer
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), TagRequest)
+    class BaselineServer(ThreadingHTTPServer):
+        request_queue_size = 64  # 16 clients connect at once: the default backlog of 5 reset some of them
+
+    server = BaselineServer(("127.0.0.1", 0), TagRequest)
     ready.put(server.server_address[1])
     server.serve_forever()
 
@@ -211,6 +217,7 @@ def run_clients(url: str, jpegs: list[bytes], *, clients: int, seconds: float, h
         latencies = []
         connection = http.client.HTTPConnection(target.hostname, target.port)
         try:
+            connection.connect()  # before the clock runs
             start.wait()
             began = time.perf_counter()
             index = offset
