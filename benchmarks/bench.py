@@ -8,7 +8,8 @@ All parts use the same weights (the checkpoint inside the archive that config.pr
 generated JPEGs of mixed sizes:
 
 - bare: the handler's model core (``Tagger.detect``) on decoded images, for every process x thread layout that
-  fills the cores and each batch size; the best layout is the bar for the served model.
+  fills the cores (on a GPU: 1, 2 and 4 processes sharing it) and each batch size; the best layout is the bar
+  for the served model.
 - baseline: a plain server written with the standard library (``http.server``), one model call per request
   with the handler's own decoding, torch's default threads; model calls are serialised, so each one has all
   cores (concurrent calls would only compete for them).
@@ -217,7 +218,11 @@ def run_clients(url: str, jpegs: list[bytes], *, clients: int, seconds: float, h
         latencies = []
         connection = http.client.HTTPConnection(target.hostname, target.port)
         try:
-            connection.connect()  # before the clock runs
+            try:
+                connection.connect()  # before the clock runs
+            except BaseException:
+                start.abort()  # the other clients stop waiting (BrokenBarrierError) instead of hanging
+                raise
             start.wait()
             began = time.perf_counter()
             index = offset

@@ -121,8 +121,8 @@ def compare(variant: str, reference: list[list[Detection]], found: list[list[Det
     counts = {"reference": 0, "found": 0, "matched": 0, "unmatched": 0}
     box_diff = score_diff = 0.0
     unmatched = []
-    for image, (expected, got) in enumerate(zip(reference, found)):
-        expected = [d for d in expected if d.score >= SCORE_THRESHOLD]
+    for image, (every_expected, got) in enumerate(zip(reference, found)):
+        expected = [d for d in every_expected if d.score >= SCORE_THRESHOLD]
         candidates = [d for d in got if d.score >= SCORE_THRESHOLD - SCORE_TOLERANCE]
         counts["reference"] += len(expected)
         counts["found"] += sum(d.score >= SCORE_THRESHOLD for d in got)
@@ -138,7 +138,7 @@ def compare(variant: str, reference: list[list[Detection]], found: list[list[Det
             counts["matched"] += 1
             box_diff = max(box_diff, _box_diff(pair, detection))
             score_diff = max(score_diff, abs(pair.score - detection.score))
-        unmatched += [f"image {image}: {variant} {_describe(c, expected)}"
+        unmatched += [f"image {image}: {variant} {_describe(c, every_expected)}"
                       for c in candidates if c.score >= SCORE_THRESHOLD + SCORE_TOLERANCE]
     counts["unmatched"] = len(unmatched)
     return Agreement(variant=variant, **counts, max_box_diff_px=box_diff, max_score_diff=score_diff,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
+import handler.decode as decode_module
 from handler.decode import (
     DecodedImage,
     EmptyImageError,
@@ -351,7 +352,23 @@ def test_decode_for_model_resizes_rgb_in_torch_as_pillow_would():
     assert difference.mean() < 0.5 and difference.max() <= 2
 
 
-def test_decode_for_model_applies_the_exif_orientation_after_shrinking():
+def test_only_rgb_pictures_within_twice_the_model_size_reach_the_torch_resize(monkeypatch):
+    """A drafted JPEG is finished in torch; a large PNG (no draft) is shrunk by Pillow first, so its full-size
+    pixels never become a tensor; a grey JPEG goes through Pillow too."""
+    reached = []
+    shrink = decode_module._shrink_rgb
+    monkeypatch.setattr(decode_module, "_shrink_rgb", lambda pixels, size: reached.append(pixels.shape) or
+                        shrink(pixels, size))
+    photo = encode(left_red_right_blue(1280, 960), "JPEG")
+    assert decode_for_model(photo, fit=DEMO_INPUT).pixels.shape == (3, 320, 427)
+    assert reached == [(3, 480, 640)]  # drafted to 1/2, then torch
+    for data in (encode(left_red_right_blue(4000, 3000), "PNG"),
+                 encode(left_red_right_blue(1280, 960).convert("L"), "JPEG")):
+        assert decode_for_model(data, fit=DEMO_INPUT).pixels.shape == (3, 320, 427)
+    assert reached == [(3, 480, 640)]
+
+
+def test_decode_for_model_applies_the_exif_orientation():
     for fmt in ("JPEG", "PNG", "TIFF"):
         decoded = decode_for_model(encode(left_red_right_blue(4000, 2000), fmt, exif=exif_with_orientation(6)),
                                    fit=DEMO_INPUT)

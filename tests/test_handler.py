@@ -439,7 +439,7 @@ def test_a_gpu_worker_answers_a_mixed_batch_like_a_cpu_worker(trained_checkpoint
                          and abs(c["score"] - detection["score"]) <= 0.03), None)
             assert pair is not None, (detection, gpu.body["detections"])
             candidates.remove(pair)
-        assert all(c["score"] < 0.53 for c in candidates), candidates
+        assert all(c["score"] < 0.53 + 0.03 for c in candidates), candidates  # a sure one missing on the CPU
 
 
 def hostile_uploads(image: bytes) -> dict[str, tuple[Upload, int, str]]:
