@@ -233,10 +233,9 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 def _decode(data: bytes | bytearray, *, max_pixels: int | None, fit: ModelInputSize | None) -> _Upright:
     """The upright RGB picture. With ``fit``, it is shrunk towards the model's input size: a JPEG by the codec
-    (draft mode), then by Pillow, except an RGB picture within twice that size (a drafted colour JPEG, or a smaller
-    RGB PNG, WebP...): it stays as
-    it is, and ``decode_for_model`` finishes it in torch. A picture far over the size (a large PNG) is shrunk
-    here, so its full-size copy never becomes a tensor."""
+    (draft mode), then by Pillow, except an RGB picture within twice that size (a drafted colour JPEG, or a
+    smaller RGB PNG, WebP...): it stays as it is, and ``decode_for_model`` finishes it in torch. A picture far
+    over the size (a large PNG) is shrunk here, so its full-size copy never becomes a tensor."""
     if not data:
         raise EmptyImageError("the image is empty (0 bytes)")
     image = _open(io.BytesIO(data), max_pixels=max_pixels)

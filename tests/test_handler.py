@@ -33,9 +33,11 @@ from ts.service import Service
 from ts.utils.util import list_classes_from_module
 
 import handler.tagger_handler as tagger_handler_module
+from benchmarks.gpu_check import BOX_TOLERANCE_PX, compare
 from handler.checkpoint import save_checkpoint
 from handler.detector import build_detector_from_config, model_config
 from handler.tagger_handler import TaggerHandler
+from handler.tagging import Detection
 from scripts.make_archive import build_archive
 from training.synthetic import CLASS_NAMES, render_image
 
@@ -413,8 +415,8 @@ def test_trained_model_answers_a_batch_with_the_right_tags(trained_service):
 def test_a_gpu_worker_answers_a_mixed_batch_like_a_cpu_worker(trained_checkpoint, trained_service, handler_config,
                                                               tmp_path):
     """One batch of scenes of different sizes (one model call on a GPU), a large photo and a broken upload: the
-    GPU worker gives every row the CPU worker's status, and the same detections: boxes within 2 px (1% of a
-    large photo's side), scores within 0.03."""
+    GPU worker gives every row the CPU worker's status, and the same detections by gpu_check's rules: boxes
+    within 2 px (1% of a large photo's side), scores within 0.03."""
     gpu_service = serve(trained_checkpoint, tmp_path, handler_config, gpu=0)
     assert gpu_service._entry_point.__self__.device == torch.device("cuda", 0)
     sizes = [(320, 320), (640, 480), (480, 640), (800, 600), (2000, 1500), (400, 260)]
@@ -429,17 +431,14 @@ def test_a_gpu_worker_answers_a_mixed_batch_like_a_cpu_worker(trained_checkpoint
             continue
         assert (gpu.body["width"], gpu.body["height"]) == (cpu.body["width"], cpu.body["height"])
         assert cpu.body["detections"]
-        # Detections near the threshold may fall on either side of it on different hardware.
-        sure = [d for d in cpu.body["detections"] if d["score"] >= 0.53]
-        candidates = list(gpu.body["detections"])
-        box_tolerance = max(2.0, 0.01 * max(cpu.body["width"], cpu.body["height"]))  # 1% of a large photo's side
-        for detection in sure:
-            pair = next((c for c in candidates if c["label"] == detection["label"]
-                         and max(abs(a - b) for a, b in zip(c["box"], detection["box"])) <= box_tolerance
-                         and abs(c["score"] - detection["score"]) <= 0.03), None)
-            assert pair is not None, (detection, gpu.body["detections"])
-            candidates.remove(pair)
-        assert all(c["score"] < 0.53 + 0.03 for c in candidates), candidates  # a sure one missing on the CPU
+        # gpu_check's pairing: detections near the threshold may fall on either side of it on other hardware.
+        agreement = compare("gpu", [detections_of(cpu)], [detections_of(gpu)],
+                            box_tolerance_px=max(BOX_TOLERANCE_PX, 0.01 * max(cpu.body["width"], cpu.body["height"])))
+        assert agreement.agrees and agreement.matched, agreement.unmatched_detections
+
+
+def detections_of(reply: Reply) -> list[Detection]:
+    return [Detection(label=d["label"], score=d["score"], box=tuple(d["box"])) for d in reply.body["detections"]]
 
 
 def hostile_uploads(image: bytes) -> dict[str, tuple[Upload, int, str]]:

@@ -272,9 +272,9 @@ def test_logs_hold_each_line_once_without_per_request_chatter(server):
     assert [a.status_code for a in answers] == [200] * 4
     ours = {a.headers["x-request-id"] for a in answers}
     deadline = time.monotonic() + 60  # the worker's metric lines reach the log just after the answers
-    while not ours <= {request for batch in server.batches() for request in batch} and time.monotonic() < deadline:
+    while not ours <= {request for batch in server.batches() for request in batch}:
+        assert time.monotonic() < deadline, "no metric lines for the batch"
         time.sleep(0.2)
-    assert ours <= {request for batch in server.batches() for request in batch}, "no metric lines for the batch"
     ts_log = (logs / "ts_log.log").read_text(errors="replace").splitlines()
     metric_lines = [line for line in ts_log if "[METRICS]Tagger" in line]
     assert metric_lines and len(metric_lines) == len(set(metric_lines))  # a line written twice is identical
