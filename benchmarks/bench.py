@@ -35,7 +35,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -67,6 +67,8 @@ class Measurement:
     images: int
     seconds: float
     latencies: list[float]
+    # Percent of a core each watched process used during the phase (``run_clients``'s ``watch``).
+    cpu_percent: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -206,8 +208,9 @@ def _baseline_server(checkpoint: str, device: str, ready) -> None:
 # ---- load generator ----
 
 def run_clients(url: str, jpegs: list[bytes], *, clients: int, seconds: float, headers: dict[str, str],
-                name: str) -> Measurement:
-    """``clients`` closed-loop clients for ``seconds``; every answer must be 200."""
+                name: str, watch: dict[str, psutil.Process] | None = None) -> Measurement:
+    """``clients`` closed-loop clients for ``seconds``; every answer must be 200. ``watch`` names processes
+    whose CPU use is measured over the phase."""
     start = threading.Barrier(clients)
     headers = {"Content-Type": "image/jpeg", **headers}
     target = urlsplit(url)
@@ -239,17 +242,32 @@ def run_clients(url: str, jpegs: list[bytes], *, clients: int, seconds: float, h
             connection.close()
         return latencies
 
+    watch = watch or {}
+    cpu_before = _cpu_seconds(watch)
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         latencies = [t for each in pool.map(client, range(clients)) for t in each]
-    return Measurement(name=name, images=len(latencies), seconds=time.perf_counter() - began, latencies=latencies)
+    elapsed = time.perf_counter() - began
+    cpu_percent = {label: 100 * (used - cpu_before[label]) / elapsed for label, used in _cpu_seconds(watch).items()}
+    return Measurement(name=name, images=len(latencies), seconds=elapsed, latencies=latencies,
+                       cpu_percent=cpu_percent)
+
+
+def _cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """User and system CPU seconds each process has used so far."""
+    return {label: sum(process.cpu_times()[:2]) for label, process in processes.items()}
 
 
 def measure_server(url: str, jpegs: list[bytes], *, clients: list[int], seconds: float, headers: dict[str, str],
-                   name: str) -> dict[int, Measurement]:
+                   name: str, watch: dict[str, psutil.Process] | None = None) -> dict[int, Measurement]:
     run_clients(url, jpegs, clients=max(clients), seconds=min(seconds, 2.0), headers=headers, name="warm-up")
     return {count: run_clients(url, jpegs, clients=count, seconds=seconds, headers=headers,
-                               name=f"{name}, {_count(count, 'client')}") for count in clients}
+                               name=f"{name}, {_count(count, 'client')}", watch=watch) for count in clients}
+
+
+def loaded_clients(clients: list[int]) -> int:
+    """The client count the goals are stated at: 8, else the most measured."""
+    return 8 if 8 in clients else max(clients)
 
 
 def _count(number: int, singular: str, plural: str | None = None) -> str:
@@ -369,10 +387,16 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
             name = (f"TorchServe {layout.workers}x{layout.torch_threads}, batch {described['batchSize']}, "
                     f"delay {described['maxBatchDelay']} ms")
             auth = bearer(keys.inference)
+            # Who shares the cores with the model workers: the Java front end and this load generator.
+            watch = {"front end (Java)": running_server(), "load generator": psutil.Process()}
+            watch.update({f"worker {n}": worker for n, worker in enumerate(torchserve_workers())})
             served = measure_server(config.predictions_url, jpegs, clients=clients, seconds=args.seconds,
-                                    headers=auth, name=name)
+                                    headers=auth, name=name, watch=watch)
             for measurement in served.values():
                 print(measurement.row())
+            loaded_phase = served[loaded_clients(clients)]
+            print(f"CPU, % of a core, {loaded_phase.name.rsplit(', ', 1)[1]}: "
+                  + ", ".join(f"{label} {percent:.1f}" for label, percent in loaded_phase.cpu_percent.items()))
             peak = max(_status_kb(worker.pid, "VmHWM") for worker in torchserve_workers()) / 1024
             photo = generate_jpegs(1, seed=1, sizes=(LARGE_PHOTO,))[0]
             added = rss_added_by(config.predictions_url, photo, headers=auth)
@@ -380,7 +404,7 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
                   f"adds {added:.0f} MB (goal <= 60)")
 
     print("ratios:")
-    loaded = 8 if 8 in clients else max(clients)
+    loaded = loaded_clients(clients)
     if bare_best is not None:
         print(f"  best bare layout: {bare_best.name} ({bare_best.images_per_second:.1f} img/s)")
     if served and baseline:

@@ -384,6 +384,9 @@ def test_bench_measures_the_served_model(server):
         (row,) = [line for line in done.stdout.splitlines() if line.startswith(f"{name}, {clients} ")]
         images_per_second, p50, p90 = map(float, row.split()[-3:])
         assert images_per_second > 0 and 0 < p50 <= p90, row
+    cpu = re.search(r"CPU, % of a core, 2 clients: front end \(Java\) ([\d.]+), load generator ([\d.]+), "
+                    r"worker 0 ([\d.]+)", done.stdout)
+    assert cpu and float(cpu[3]) > 10 and float(cpu[1]) > 0, done.stdout  # the worker ran the model
     memory = re.search(r"worker peak RSS (\d+) MB; one 12 MP JPEG \(.*\) adds (-?\d+) MB", done.stdout)
     assert memory and int(memory[1]) > 100, done.stdout  # a worker holds torch and the model: over 100 MB
 
