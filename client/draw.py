@@ -26,8 +26,7 @@ def draw_detections(image_path: Path, detections: Iterable[Mapping[str, Any]], o
     """
     with Image.open(image_path) as opened:
         image = draw_boxes(ImageOps.exif_transpose(opened).convert("RGB"), detections)
-    if output.suffix.lower() not in _writable_suffixes():
-        output = output.with_suffix(".png")
+    output = writable_path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     image.save(output)
     return output
@@ -62,6 +61,12 @@ def label_color(label: str) -> tuple[int, int, int]:
     hue = zlib.crc32(label.encode("utf-8")) % 360
     red, green, blue = Image.new("HSV", (1, 1), (round(hue * 255 / 360), 220, 170)).convert("RGB").getpixel((0, 0))
     return red, green, blue
+
+
+def writable_path(output: Path) -> Path:
+    """The file ``draw_detections`` writes for ``output``: the same path, or ``.png`` when Pillow cannot write
+    its suffix."""
+    return output if output.suffix.lower() in _writable_suffixes() else output.with_suffix(".png")
 
 
 def _writable_suffixes() -> set[str]:

@@ -4,7 +4,8 @@
 
 Each image is uploaded as a multipart file (the seed's ``POST /tag`` style) with the inference key from
 TorchServe's ``key_file.json``. Prints the tags of each image (and, in the dict format, every detection);
-``--draw`` writes each image with its boxes and labels. Exits with 1 when any image failed.
+``--draw`` writes each image with its boxes and labels (as ``<stem>.tagged<suffix>`` where its own name
+would be an input: no input is written over). Exits with 1 when any image failed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import requests
 
 from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
-from client.draw import draw_detections
+from client.draw import draw_detections, writable_path
 from client.keys import KEY_FILE, KeyFileError, bearer, read_keys
 
 
@@ -144,16 +145,38 @@ def format_result(result: TagResult) -> str:
     return "\n".join(lines)
 
 
-def _drawing_names(images: list[Path]) -> list[str]:
-    """Output file names: the image's own name, numbered when two images share it."""
-    names: list[str] = []
+@dataclass(frozen=True)
+class Drawing:
+    """Where the drawn copy of ``image`` goes; ``beside`` is True when ``output`` was renamed because the
+    image's own name in the drawing folder is an input (which is never written over)."""
+
+    image: Path
+    output: Path
+    beside: bool
+
+
+def plan_drawings(images: list[Path], out_dir: Path) -> list[Drawing]:
+    """One output per image in ``out_dir``: the image's own name, unless that file is one of ``images`` (then
+    ``<stem>.tagged<suffix>``, beside it), numbered when two outputs would share a name.
+
+    Args:
+        images: the input images, in order.
+        out_dir: the ``--draw`` folder.
+    """
+    inputs = {image.resolve() for image in images}
+    taken = set(inputs)
+    drawings: list[Drawing] = []
     for image in images:
-        name, count = image.name, 1
-        while name in names:
+        own = writable_path(out_dir / image.name)
+        beside = own.resolve() in inputs
+        stem = f"{own.stem}.tagged" if beside else own.stem
+        output, count = out_dir / f"{stem}{own.suffix}", 1
+        while output.resolve() in taken:
             count += 1
-            name = f"{image.stem}-{count}{image.suffix}"
-        names.append(name)
-    return names
+            output = out_dir / f"{stem}-{count}{own.suffix}"
+        taken.add(output.resolve())
+        drawings.append(Drawing(image=image, output=output, beside=beside))
+    return drawings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--format", choices=["dict", "list"], help="response format (default: the server's, dict)")
     parser.add_argument("--threshold", type=float, help="score threshold from 0 to 1 (default: the server's, 0.5)")
-    parser.add_argument("--draw", type=Path, metavar="OUT_DIR", help="write each image with its boxes here")
+    parser.add_argument("--draw", type=Path, metavar="OUT_DIR",
+                        help="write each image with its boxes here (as <name>.tagged.<ext> where <name> is an input)")
     parser.add_argument("--url", help=f"prediction endpoint (default: the one ./{SERVER_CONFIG} serves)")
     parser.add_argument("--key-file", type=Path, default=KEY_FILE,
                         help=f"TorchServe's key file, in the folder it was started in (default ./{KEY_FILE})")
@@ -180,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
 
     results = tag_images(args.images, url=url, key=key, response_format=args.format,
                          threshold=args.threshold, concurrency=args.concurrency)
-    for result, name in zip(results, _drawing_names(args.images)):
+    drawings = plan_drawings(args.images, args.draw) if args.draw is not None else [None] * len(results)
+    for result, drawing in zip(results, drawings):
         print(format_result(result), file=sys.stdout if result.error is None else sys.stderr)
-        if args.draw is not None and result.error is None:
-            drawn = draw_detections(result.image, result.response["detections"], args.draw / name)
-            print(f"  drawn: {drawn}")
+        if drawing is not None and result.error is None:
+            drawn = draw_detections(result.image, result.response["detections"], drawing.output)
+            note = f" (beside {args.draw / drawing.image.name}, an input, which is never written over)"
+            print(f"  drawn: {drawn}{note if drawing.beside else ''}")
     return 0 if all(result.error is None for result in results) else 1
 
 

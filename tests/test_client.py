@@ -10,7 +10,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from PIL import Image
 from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.draw import draw_detections, label_color
 from client.keys import KeyFileError, read_keys
-from client.tag import TagResult, describe_refusal, format_result
+from client.tag import TagResult, describe_refusal, format_result, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +42,34 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# A stand-in for the tagger: every upload is answered with this one detection (the real server is test_serving's).
+STAND_IN_ANSWER = {"tags": ["red circle"], "width": 64, "height": 48,
+                   "detections": [{"label": "red circle", "score": 0.9, "box": [8, 8, 40, 40]}]}
+
+
+@pytest.fixture
+def stand_in_url():
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(STAND_IN_ANSWER).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/predictions/tagger"
+    server.shutdown()
+    server.server_close()
 
 
 def test_read_keys_parses_torchserve_key_file(tmp_path):
@@ -180,3 +210,41 @@ def test_cli_calls_the_endpoint_of_config_properties_by_default(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == (f"{image}: error: cannot reach http://127.0.0.1:{port}/predictions/tagger: "
                                      "is TorchServe running? (make serve)")
+
+
+def test_draw_into_the_inputs_folder_writes_beside_the_originals(tmp_path, stand_in_url, capsys):
+    """`--draw photos/` with photos/*.jpg: each drawn copy is <stem>.tagged.jpg, the originals keep their bytes."""
+    (tmp_path / "key_file.json").write_text(json.dumps(KEY_FILE))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    originals = {}
+    for name, color in [("a.jpg", (200, 30, 30)), ("b.jpg", (30, 200, 30)), ("a.tagged.jpg", (30, 30, 200))]:
+        Image.new("RGB", (64, 48), color).save(photos / name, quality=90)
+        originals[photos / name] = (photos / name).read_bytes()
+    inputs = sorted(originals)
+    status = main([*map(str, inputs), "--draw", str(photos), "--url", stand_in_url,
+                   "--key-file", str(tmp_path / "key_file.json")])
+    assert status == 0
+    assert {path: path.read_bytes() for path in inputs} == originals
+    drawn_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  drawn: ")]
+    # a.tagged.jpg is itself an input, so a.jpg's copy is numbered past it.
+    assert drawn_lines == [
+        f"  drawn: {photos / 'a.tagged-2.jpg'} (beside {photos / 'a.jpg'}, an input, which is never written over)",
+        f"  drawn: {photos / 'a.tagged.tagged.jpg'} (beside {photos / 'a.tagged.jpg'}, an input, which is never "
+        "written over)",
+        f"  drawn: {photos / 'b.tagged.jpg'} (beside {photos / 'b.jpg'}, an input, which is never written over)",
+    ]
+    with Image.open(photos / "b.tagged.jpg") as drawn:  # the box's left edge is drawn over b's green
+        assert drawn.size == (64, 48)
+        edge, green = drawn.getpixel((8, 30)), (30, 200, 30)
+        assert sum(abs(a - b) for a, b in zip(edge, green)) > 100, edge
+
+
+def test_draw_into_another_folder_keeps_the_names(tmp_path, stand_in_url, capsys):
+    (tmp_path / "key_file.json").write_text(json.dumps(KEY_FILE))
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48)).save(image)
+    status = main([str(image), "--draw", str(tmp_path / "out"), "--url", stand_in_url,
+                   "--key-file", str(tmp_path / "key_file.json")])
+    assert status == 0
+    assert f"  drawn: {tmp_path / 'out' / 'a.jpg'}\n" in capsys.readouterr().out
