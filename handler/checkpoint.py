@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +22,7 @@ from .detector import build_detector_from_config
 
 REQUIRED_KEYS = ("model", "epoch", "model_config", "class_names")
 _EPOCH_FILE = re.compile(r"^Epoch\.(\d+)\.pth$")
+_ZIP_START = b"PK\x03\x04"  # the first bytes of a zip archive (its first local file header)
 
 
 class CheckpointError(ValueError):
@@ -69,6 +71,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    # torch.save writes a zip archive; torch.load's own errors for other files (a text file, an image) are
+    # misleading ("list index out of range", advice to re-save with the zip format).
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as file:
+            cut_short = file.read(4) == _ZIP_START
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is cut short or damaged (its zip archive has no end)"
+            if cut_short else f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this is not one)"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many kinds (pickle, zip, EOF) for a damaged file

@@ -119,7 +119,7 @@ def test_cli_refuses_bad_checkpoints_in_one_line_and_keeps_the_old_archive(tmp_p
     torch.save(state, misfit)
 
     cases = {
-        ("--checkpoint", not_torch): f"make_archive: cannot read checkpoint {not_torch}",
+        ("--checkpoint", not_torch): f"make_archive: {not_torch} is not a PyTorch checkpoint",
         ("--checkpoint", misfit): f"make_archive: {misfit}: weights do not fit the model config",
         ("--checkpoint", tmp_path / "nowhere.pth"): f"make_archive: checkpoint not found: {tmp_path / 'nowhere.pth'}",
     }

@@ -19,6 +19,8 @@ from handler.checkpoint import (
     save_checkpoint,
 )
 from handler.detector import build_detector_from_config, model_config
+from scripts import make_archive
+from training import train
 from training.synthetic import CLASS_NAMES, render_image
 
 CHECKPOINT_KEYS = {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "model_config", "class_names", "args"}
@@ -142,9 +144,10 @@ def _write_half_a_checkpoint(path: Path) -> None:
     "write, message",
     [
         (None, r"checkpoint not found: .*Epoch\.7\.pth"),
-        (_write_text, r"cannot read checkpoint .*Epoch\.7\.pth"),
-        (lambda path: path.write_bytes(b""), r"cannot read checkpoint .*Epoch\.7\.pth"),
-        (_write_half_a_checkpoint, r"cannot read checkpoint .*Epoch\.7\.pth"),
+        (_write_text,
+         r"Epoch\.7\.pth is not a PyTorch checkpoint \(torch\.save writes a zip archive; this is not one\)"),
+        (lambda path: path.write_bytes(b""), r"Epoch\.7\.pth is not a PyTorch checkpoint"),
+        (_write_half_a_checkpoint, r"cannot read checkpoint .*Epoch\.7\.pth: the file is cut short or damaged"),
         (_write_tensor, r"Epoch\.7\.pth is not a tagger checkpoint \(needs the keys model, epoch, model_config, "
                         r"class_names\)"),
         (_write_torchvision_references_checkpoint, r"Epoch\.7\.pth is not a tagger checkpoint"),
@@ -159,6 +162,17 @@ def test_load_refuses_what_is_not_a_checkpoint_with_a_clear_message(write, messa
     with pytest.raises(CheckpointError, match=message) as error:
         load_checkpoint(path)
     assert "\n" not in str(error.value)
+
+
+def test_a_text_file_is_named_in_one_line_by_the_archive_and_training_clis(tmp_path, capsys):
+    """`make archive CHECKPOINT=/etc/passwd`, `train --resume /etc/passwd`: what the file is not, no torch advice."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    said = f"{passwd} is not a PyTorch checkpoint (torch.save writes a zip archive; this is not one)"
+    assert make_archive.main(["--checkpoint", str(passwd), "--output", str(tmp_path / "tagger.mar")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"make_archive: {said}"]
+    assert train.main(["--data", str(tmp_path), "--resume", str(passwd), "--output-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {said}"]
 
 
 def test_a_folder_is_not_a_checkpoint(tmp_path):

@@ -252,11 +252,11 @@ def test_training_and_evaluation_run_unchanged_on_the_raccoon_photos(tmp_path):
 @pytest.mark.parametrize("module, args, message", [
     ("training.train", ["--data", "/nonexistent/data"], "/nonexistent/data"),
     ("training.train", ["--data", "{data}", "--backbone", "vgg19"], "unknown backbone 'vgg19'"),
-    ("training.train", ["--data", "{data}", "--resume", "{bad}"], "cannot read checkpoint"),
+    ("training.train", ["--data", "{data}", "--resume", "{bad}"], "is not a PyTorch checkpoint"),
     ("training.train", ["--data", "{data}", "--backbone", "demo", "--backbone-weights", "/no/weights.pth"],
      "backbone weights not found"),
     ("training.train", ["--data", "{data}", "--model-override", "min_sise=3"], "unknown model setting"),
-    ("training.evaluate", ["{bad}", "{data}"], "cannot read checkpoint"),
+    ("training.evaluate", ["{bad}", "{data}"], "is not a PyTorch checkpoint"),
     ("training.evaluate", ["/no/Epoch.1.pth", "{data}"], "checkpoint not found"),
 ])
 def test_bad_arguments_end_with_one_clear_line(module, args, message, synthetic_data, tmp_path):
