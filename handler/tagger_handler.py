@@ -25,7 +25,7 @@ from handler.decode import ImageError
 from handler.kserve import open_envelope
 from handler.request_parsing import RequestError, TagOptions, parse_request
 from handler.settings import settings_from_config
-from handler.sizing import cpu_cores, worker_layout
+from handler.sizing import configured_workers, cpu_cores, worker_layout
 from handler.tagging import Detection, Prepared, Refusal, Tagged, Tagger, detections_above, format_response
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class TaggerHandler(BaseHandler):
         # The workers share the cores: handler/sizing.py gives each its share (explicit settings win).
         torch.set_num_threads(worker_layout(
             cores=cpu_cores(), gpus=torch.cuda.device_count() if self.device.type == "cuda" else 0,
-            workers=(context.model_yaml_config or {}).get("minWorkers"), torch_threads=self.settings.torch_threads,
+            workers=configured_workers(context.model_yaml_config), torch_threads=self.settings.torch_threads,
         ).torch_threads)
         self.model_pt_path = str(Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"])
         self.tagger = Tagger.from_checkpoint(

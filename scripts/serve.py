@@ -29,7 +29,7 @@ from ts.model_server import TS_NAMESPACE
 
 from client.config import SERVER_CONFIG, ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_keys
-from handler.sizing import WorkerLayout, cpu_cores, worker_layout
+from handler.sizing import WorkerLayout, configured_workers, cpu_cores, worker_layout
 
 CONSOLE_LOG = Path("logs") / "console.log"
 # TorchServe's logging: each line once, without its per-request DEBUG and INFO lines (the file says why).
@@ -210,7 +210,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def served_layout(config: ServerConfig, keys: TorchServeKeys) -> WorkerLayout:
     """The workers TorchServe runs for the model (management API) and the torch threads each one took: the
-    rule of handler/sizing.py with the archive's own ``minWorkers`` and ``handler.torch_threads``."""
+    handler's rule (handler/sizing.py) with the archive's own worker counts and ``handler.torch_threads``."""
     answer = requests.get(f"{config.management_url}/models/{config.model_name}", headers=bearer(keys.management),
                           timeout=10)
     if answer.status_code != 200:
@@ -218,10 +218,10 @@ def served_layout(config: ServerConfig, keys: TorchServeKeys) -> WorkerLayout:
     workers = answer.json()[0]["workers"]
     with zipfile.ZipFile(config.archive) as archive:
         model_config = yaml.safe_load(archive.read("model-config.yaml")) or {}
-    return worker_layout(
-        cores=cpu_cores(), gpus=sum(1 for worker in workers if worker.get("gpu")), workers=len(workers),
-        torch_threads=(model_config.get("handler") or {}).get("torch_threads"),
-    )
+    cores, gpus = cpu_cores(), sum(1 for worker in workers if worker.get("gpu"))
+    handler_layout = worker_layout(cores=cores, gpus=gpus, workers=configured_workers(model_config),
+                                   torch_threads=(model_config.get("handler") or {}).get("torch_threads"))
+    return WorkerLayout(workers=len(workers), torch_threads=handler_layout.torch_threads, cores=cores, gpus=gpus)
 
 
 def _serve(config_file: Path, timeout: float) -> int:
