@@ -35,15 +35,19 @@ _FOREIGN_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"%!PS", "PostScript"),
     (0, b"\xff\x0a", "JPEG XL"),
     (4, b"JXL ", "JPEG XL"),
-    (4, b"ftypheic", "HEIC"),
-    (4, b"ftypheix", "HEIC"),
-    (4, b"ftyphevc", "HEIC"),
-    (4, b"ftypmif1", "HEIF"),
-    (4, b"ftypmsf1", "HEIF"),
-    (4, b"ftypavif", "AVIF"),
     (0, b"PK\x03\x04", "ZIP"),
     (0, b"\x1f\x8b", "gzip"),
 )
+
+# An ISO base media file (HEIF, AVIF, MP4, QuickTime...) starts with an "ftyp" box: a major brand and a list of
+# compatible brands. A file is named by the first family any of its brands belongs to (an AVIF or HEIC picture
+# also lists the generic HEIF brands "mif1"/"msf1"); one without a picture brand is a video or other media.
+_ISO_BMFF_FAMILIES: tuple[tuple[str, frozenset[bytes]], ...] = (
+    ("AVIF", frozenset({b"avif", b"avis", b"avio"})),
+    ("HEIC", frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})),
+    ("HEIF", frozenset({b"mif1", b"mif2", b"msf1", b"miaf"})),
+)
+_FTYP_HEADER_SIZE = 16  # box size, "ftyp", major brand, minor version; the compatible brands follow
 
 _WHITE = (255, 255, 255)
 _UINT16_MAX = 65535
@@ -52,6 +56,7 @@ _UINT16_MAX = 65535
 # own header (PNG or BMP) first.
 _ICO_SIGNATURE = b"\x00\x00\x01\x00"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ICO_HEADER_SIZE = 6  # reserved, type, picture count: 2 bytes each
 _ICO_ENTRY_SIZE = 16
 _BMP_CORE_HEADER_SIZE = 12
 
@@ -283,6 +288,9 @@ def _open(source: BinaryIO, *, max_pixels: int | None) -> Image.Image:
             f"the image has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (the decoder's safety limit)"
         ) from None
     except UnidentifiedImageError:
+        claimed = _accepted_format_by_signature(source)
+        if claimed is not None:
+            raise NotAnImageError(f"the {claimed} image header is truncated or corrupt") from None
         foreign = _identify_foreign_format(source)
         if foreign is not None:
             raise UnsupportedImageFormatError(
@@ -291,7 +299,7 @@ def _open(source: BinaryIO, *, max_pixels: int | None) -> Image.Image:
         raise NotAnImageError(
             f"the data is not a readable image (supported formats: {', '.join(ACCEPTED_FORMATS)})"
         ) from None
-    except (OSError, EOFError) as exc:  # the header of a known format ends early or is damaged
+    except Exception as exc:  # the header of a known format ends early or is damaged: OSError, EOFError, ...
         raise NotAnImageError(f"the image header is truncated or corrupt ({exc})") from None
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
@@ -313,9 +321,11 @@ def _check_ico_pictures(source: BinaryIO, *, max_pixels: int) -> None:
         return
     data = _ICO_SIGNATURE + source.read()
     source.seek(0)
+    if len(data) < _ICO_HEADER_SIZE:
+        return  # a truncated header: Pillow refuses the file when it opens it
     (count,) = struct.unpack_from("<H", data, 4)
     for entry in range(count):
-        start = 6 + entry * _ICO_ENTRY_SIZE
+        start = _ICO_HEADER_SIZE + entry * _ICO_ENTRY_SIZE
         if start + _ICO_ENTRY_SIZE > len(data):
             return  # a truncated directory: Pillow refuses the file when it opens it
         (offset,) = struct.unpack_from("<I", data, start + 12)
@@ -337,6 +347,20 @@ def _check_ico_pictures(source: BinaryIO, *, max_pixels: int) -> None:
             )
 
 
+def _accepted_format_by_signature(source: BinaryIO) -> str | None:
+    """The accepted format whose signature the data starts with (Pillow's own check of each plugin), if any."""
+    source.seek(0)
+    head = source.read(16)  # as much as Pillow's signature checks read
+    if len(head) < 2:  # no signature is shorter (PPM's check indexes the second byte)
+        return None
+    Image.init()
+    for name in ACCEPTED_FORMATS:
+        accept = Image.OPEN[name][1]
+        if accept is not None and accept(head) is True:  # WebP's check answers a text when WebP is missing
+            return name
+    return None
+
+
 def _identify_foreign_format(source: BinaryIO) -> str | None:
     """Names a format we do not accept found in the data: known signatures first, then Pillow's other formats."""
     source.seek(0)
@@ -344,6 +368,8 @@ def _identify_foreign_format(source: BinaryIO) -> str | None:
     for offset, signature, name in _FOREIGN_SIGNATURES:
         if head[offset : offset + len(signature)] == signature:
             return name
+    if head[4:8] == b"ftyp":
+        return _iso_bmff_family(head)
     if _looks_like_svg(head):
         return "SVG"
     # Only plugins that check a signature: the others (TGA, ...) would claim random bytes.
@@ -357,17 +383,34 @@ def _identify_foreign_format(source: BinaryIO) -> str | None:
         return None
 
 
+def _iso_bmff_family(head: bytes) -> str:
+    """The family of an ISO base media file from the brands of its "ftyp" box (see ``_ISO_BMFF_FAMILIES``)."""
+    (box_size,) = struct.unpack_from(">I", head)
+    major = head[8:12]
+    compatible = head[_FTYP_HEADER_SIZE : min(box_size, len(head))]
+    brands = {major, *(compatible[i : i + 4] for i in range(0, len(compatible) - 3, 4))}
+    for family, family_brands in _ISO_BMFF_FAMILIES:
+        if brands & family_brands:
+            return family
+    return f"ISO media (brand {major.decode('latin-1')!r}: MP4, QuickTime, ...)"
+
+
 def _looks_like_svg(head: bytes) -> bool:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     return text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text)
 
 
 def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 to 8); 1 when there is none or the EXIF block cannot be read (phones and editors
+    write malformed ones: the pixels are still good, so they are used as they are stored)."""
     # A PNG's getexif() decodes the pixels to look for an eXIf chunk after the image data; reading only the
     # header (not loaded yet), such a (rare) PNG counts as unrotated.
     if image.format == "PNG" and "exif" not in image.info and image.tile:
         return 1
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # Pillow's EXIF parser raises SyntaxError ("not a TIFF file"), struct.error, ValueError, ...
+        return 1
     return orientation if isinstance(orientation, int) else 1
 
 

@@ -19,6 +19,7 @@ from training.datasets import (
     DatasetWarning,
     open_dataset,
 )
+from tests.test_decode import malformed_exif_png
 from training.presets import RandomHorizontalFlip
 
 RACCOON = Path(__file__).resolve().parent / "data" / "raccoon"  # a copy of shared/datasets/raccoon
@@ -193,6 +194,25 @@ def test_exif_rotated_photo_is_upright_and_boxes_are_in_the_upright_frame(messy_
     x1, y1, x2, y2 = (int(v) for v in target["boxes"][0])
     inside = image[:, y1 + 2 : y2 - 2, x1 + 2 : x2 - 2]
     assert inside[0].min() > 0.85 and inside[2].max() < 0.15  # the box holds the red part
+
+
+def build_malformed_exif_voc(root: Path) -> Path:
+    """A flat VOC set of two photos, one a PNG whose EXIF block is malformed (Pillow's getexif() raises)."""
+    write_image(root / "images" / "plain.jpg", Image.new("RGB", (60, 40), GREEN))
+    write_voc_xml(root / "annotations" / "plain.xml", "plain.jpg", (60, 40), [("cat", (1, 1, 30, 20), False)])
+    phone = root / "images" / "phone.png"
+    phone.write_bytes(malformed_exif_png(Image.new("RGB", (60, 40), RED)))
+    write_voc_xml(root / "annotations" / "phone.xml", "phone.png", (60, 40), [("cat", (11, 11, 50, 30), False)])
+    return root
+
+
+def test_a_photo_with_a_malformed_exif_block_loads_as_stored(tmp_path):
+    dataset, messages = open_with_warnings(build_malformed_exif_voc(tmp_path / "exif"), "all")
+    assert messages == [] and len(dataset) == 2
+    index = by_name(dataset)["phone.png"]
+    image, target = dataset[index]
+    assert image.shape == (3, 40, 60) and dataset.image_size(index) == (60, 40)
+    assert image[0].min() == 1.0 and target["boxes"].tolist() == [[10.0, 10.0, 50.0, 30.0]]
 
 
 def test_evaluation_keeps_difficult_objects_marked(messy_voc):

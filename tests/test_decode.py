@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter
 
 import handler.decode as decode_module
 from handler.decode import (
+    ACCEPTED_FORMATS,
     DecodedImage,
     EmptyImageError,
     ImageError,
@@ -185,6 +186,37 @@ def test_read_image_size_reports_the_upright_size_from_the_header(tmp_path):
     assert read_image_size(plain) == (40, 20)
 
 
+def with_png_chunk(png: bytes, chunk_type: bytes, data: bytes, *, before: bytes = b"IDAT") -> bytes:
+    """Inserts a chunk (valid CRC) in a PNG just before its first ``before`` chunk."""
+    at = png.index(before) - 4  # the length field in front of the chunk type
+    chunk = struct.pack(">I", len(data)) + chunk_type + data + struct.pack(">I", zlib.crc32(chunk_type + data))
+    return png[:at] + chunk + png[at:]
+
+
+def malformed_exif_png(image: Image.Image, *, before: bytes = b"IDAT") -> bytes:
+    """A PNG whose eXIf chunk holds bytes that are not a TIFF structure, as some phones and editors write."""
+    return with_png_chunk(encode(image, "PNG"), b"eXIf", b"garbage, not an EXIF block", before=before)
+
+
+def test_a_malformed_exif_block_means_orientation_1(tmp_path):
+    image = left_red_right_blue()
+    uploads = {
+        "PNG, eXIf before the pixels": malformed_exif_png(image),
+        "PNG, eXIf after the pixels": malformed_exif_png(image, before=b"IEND"),
+        "WebP": encode(image, "WEBP", lossless=True, exif=b"garbage, not an EXIF block"),
+    }
+    for kind, data in uploads.items():
+        stored = Image.open(io.BytesIO(data))
+        stored.load()
+        with pytest.raises(SyntaxError, match="not a TIFF file"):  # what Pillow makes of such a block
+            stored.getexif()
+        assert pixels(decode_image(data)) == pixels(image), kind
+        assert decode_for_model(data, fit=ModelInputSize(min_size=20, max_size=40)).width == 40, kind
+        path = tmp_path / "upload"
+        path.write_bytes(data)
+        assert read_image_size(path) == (40, 20), kind
+
+
 # --- errors ----------------------------------------------------------------------------------------------------
 
 
@@ -242,6 +274,63 @@ def test_known_foreign_formats_are_415(data, name):
         decode_image(data)
     assert (info.value.status, info.value.error) == (415, "unsupported_format")
     assert str(info.value).startswith(f"{name} files are not supported") and "JPEG" in str(info.value)
+
+
+def ftyp(major: bytes, *compatible: bytes) -> bytes:
+    """The "ftyp" box an ISO base media file starts with, followed by the start of a "meta" box."""
+    box = b"ftyp" + major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return struct.pack(">I", 4 + len(box)) + box + b"\x00\x00\x00\x21meta\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    "data, name",
+    [
+        (ftyp(b"heic", b"mif1", b"heic"), "HEIC"),  # an iPhone photo
+        (ftyp(b"heis", b"mif1", b"heis"), "HEIC"),  # a HEVC image sequence
+        (ftyp(b"hevx", b"msf1", b"hevx"), "HEIC"),
+        (ftyp(b"mif1", b"mif1", b"heic"), "HEIC"),  # the generic major brand, the codec among the compatible ones
+        (ftyp(b"msf1", b"msf1", b"hevc"), "HEIC"),  # a burst
+        (ftyp(b"mif1", b"mif1", b"miaf"), "HEIF"),
+        (ftyp(b"avis", b"avif", b"avis", b"msf1"), "AVIF"),  # an animated AVIF
+        (ftyp(b"mif1", b"mif1", b"avif"), "AVIF"),
+        (ftyp(b"isom", b"isom", b"mp41"), "ISO media (brand 'isom': MP4, QuickTime, ...)"),  # a video
+    ],
+    ids=lambda value: f"{value[8:12].decode()}({value[16:value[3]].decode()})" if isinstance(value, bytes) else "",
+)
+def test_iso_media_files_are_415_named_by_the_family_of_their_brands(data, name):
+    with pytest.raises(UnsupportedImageFormatError) as info:
+        decode_image(data)
+    assert (info.value.status, info.value.error) == (415, "unsupported_format")
+    assert str(info.value).startswith(f"{name} files are not supported")
+
+
+def test_avif_written_by_pillow_is_415():
+    if "AVIF" not in Image.SAVE:
+        pytest.skip("this Pillow has no AVIF encoder")
+    for frames in (1, 2):  # a still picture (major brand "avif") and a sequence ("avis")
+        images = [Image.new("RGB", (16, 16), colour) for colour in (RED, BLUE)[:frames]]
+        data = encode(images[0], "AVIF", save_all=True, append_images=images[1:])
+        with pytest.raises(UnsupportedImageFormatError, match="^AVIF files are not supported"):
+            decode_image(data)
+
+
+@pytest.mark.parametrize("fmt", ACCEPTED_FORMATS)
+def test_every_cut_of_an_accepted_file_is_an_image_error(fmt):
+    """Whatever Pillow raises on a damaged file becomes an ImageError: nothing reaches a caller's catch-all."""
+    params = {"lossless": True} if fmt == "WEBP" else {}
+    data = encode(left_red_right_blue(16, 8), fmt, exif=exif_with_orientation(6), **params)
+    for cut in range(1, min(len(data), 120)):
+        try:
+            decode_image(data[:cut], max_pixels=1_000)
+        except ImageError as refusal:
+            assert refusal.status == 400 and str(refusal), (fmt, cut)
+
+
+def test_a_file_cut_inside_its_signature_header_names_its_format():
+    for data, name in ((b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x01\x00\x01", "ICO"), (b"GIF89a", "GIF"),
+                       (b"\xff\xd8\xff", "JPEG")):
+        with pytest.raises(NotAnImageError, match=f"^the {name} image header is truncated or corrupt$"):
+            decode_image(data, max_pixels=1_000)
 
 
 def test_pillow_format_outside_the_allow_list_is_415():

@@ -39,6 +39,7 @@ from handler.detector import build_detector_from_config, model_config
 from handler.tagger_handler import TaggerHandler
 from handler.tagging import Detection
 from scripts.make_archive import build_archive
+from tests.test_decode import ftyp, malformed_exif_png
 from training.synthetic import CLASS_NAMES, render_image
 
 METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
@@ -301,6 +302,23 @@ def test_each_error_status_in_one_batch(service):
     assert (replies[-1].body["width"], replies[-1].body["height"]) == (30, 20)
     assert "1,200,000" in replies[4].body["message"] and "1,000,000" in replies[4].body["message"]
     assert "PDF" in replies[3].body["message"]
+
+
+def test_files_people_have_are_answered_by_what_they_are(service):
+    """A malformed EXIF block is tagged unrotated; HEIF brands are 415; a cut header is the decoder's own 400."""
+    photo = Image.effect_noise((60, 40), 60).convert("RGB")
+    replies = ask(service, [
+        raw(malformed_exif_png(photo), "image/png"),
+        raw(ftyp(b"heis", b"mif1", b"heis"), "image/heic"),
+        raw(ftyp(b"avis", b"avif", b"avis", b"msf1"), "image/avif"),
+        raw(b"\x00\x00\x01\x00\x01", "image/x-icon"),
+        raw(b"P6 4 4\n", "image/x-portable-pixmap"),
+    ])
+    assert [(r.status, r.body.get("error")) for r in replies] == [
+        (200, None), (415, "unsupported_format"), (415, "unsupported_format"), (400, "not_an_image"),
+        (400, "not_an_image")]
+    assert (replies[0].body["width"], replies[0].body["height"]) == (60, 40)
+    assert replies[3].body["message"] == "the ICO image header is truncated or corrupt"
 
 
 def test_a_batch_of_different_sizes(service):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from client.draw import label_color
 from tests.conftest import run_module
-from tests.test_datasets import RACCOON, build_messy_flat_voc, write_image
+from tests.test_datasets import RACCOON, build_malformed_exif_voc, build_messy_flat_voc, write_image
 from training import inspect
 
 
@@ -54,6 +54,13 @@ def test_problems_the_loaders_fixed_are_listed(capsys, tmp_path):
     assert code == 0
     problem = next(line for line in out.splitlines() if line.startswith("  all: "))
     assert "1 image file missing (dropped): missing.jpg" in problem and "1 zero-size box dropped" in problem
+
+
+def test_a_photo_with_a_malformed_exif_block_is_counted_not_a_traceback(capsys, tmp_path):
+    data = build_malformed_exif_voc(tmp_path / "exif")
+    code, out = run_inspect(capsys, data, "--train-split", "all", "--val-split", "", "--sheet", tmp_path / "s.png")
+    assert code == 0, out
+    assert ["images", "2"] in [line.split() for line in out.splitlines()] and "  all: none" in out.splitlines()
 
 
 @pytest.mark.parametrize("case, reason", [
