@@ -417,6 +417,72 @@ def test_broken_coco_files_are_one_line_errors(tmp_path):
         open_dataset(wrong)
 
 
+def write_coco_of_two_photos(root: Path, images: list[dict], categories: list[dict], annotations: list[dict]) -> Path:
+    """a.jpg and b.jpg (60x40) in root/images; ``images`` gives their ids, the JSON is root/annotations/coco.json."""
+    for image, name in zip(images, ("a.jpg", "b.jpg")):
+        write_image(root / "images" / name, Image.new("RGB", (60, 40), GREEN))
+        image.update(file_name=name, width=60, height=40)
+    json_file = root / "annotations" / "coco.json"
+    json_file.parent.mkdir(parents=True)
+    json_file.write_text(json.dumps({"images": images, "categories": categories, "annotations": annotations}))
+    return json_file
+
+
+def ant_on_a_zebra_on_b(a, b, ant, zebra) -> list[dict]:
+    """Annotations: an ant (category id ``ant``) on image id ``a``, a zebra on image id ``b``."""
+    return [{"id": 1, "image_id": a, "category_id": ant, "bbox": [1, 2, 10, 10], "iscrowd": 0},
+            {"id": 2, "image_id": b, "category_id": zebra, "bbox": [20, 5, 30, 20], "iscrowd": 0}]
+
+
+@pytest.mark.parametrize("case", ["mixed category id types", "text image ids", "ids with gaps",
+                                  "Roboflow's unused supercategory"])
+def test_coco_ids_as_tools_write_them_load_with_the_classes_a_user_expects(case, tmp_path):
+    categories = [{"id": 1, "name": "ant"}, {"id": 3, "name": "zebra"}]
+    images, annotations = [{"id": 1}, {"id": 2}], ant_on_a_zebra_on_b(1, 2, 1, 3)
+    if case == "mixed category id types":
+        categories[1]["id"] = "3"
+        annotations = ant_on_a_zebra_on_b(1, 2, "1", 3)
+    elif case == "text image ids":
+        images, annotations = [{"id": "IMG_0001"}, {"id": "IMG_0002"}], ant_on_a_zebra_on_b("IMG_0001", "IMG_0002", 1, 3)
+    elif case == "ids with gaps":
+        images, annotations = [{"id": 10}, {"id": 40}], ant_on_a_zebra_on_b(10, 40, 1, 3)
+    else:  # Roboflow: category 0 is the supercategory of the others and no annotation uses it
+        categories = [{"id": 0, "name": "insects-and-zebras", "supercategory": "none"},
+                      {"id": 1, "name": "ant", "supercategory": "insects-and-zebras"},
+                      {"id": 2, "name": "zebra", "supercategory": "insects-and-zebras"}]
+        annotations = ant_on_a_zebra_on_b(1, 2, 1, 2)
+    json_file = write_coco_of_two_photos(tmp_path / "coco", images, categories, annotations)
+    dataset, messages = open_with_warnings(json_file)
+    assert dataset.class_names == ["ant", "zebra"]
+    assert [dataset[i][1]["labels"].tolist() for i in range(2)] == [[1], [2]]
+    assert dataset[1][1]["boxes"].tolist() == [[20.0, 5.0, 50.0, 25.0]]
+    assert [dataset[i][1]["image_id"] for i in range(2)] == ([10, 40] if case == "ids with gaps" else [1, 2])
+    if case == "Roboflow's unused supercategory":
+        assert messages == [f"{json_file} (images in {tmp_path / 'coco' / 'images'}): 1 category that no annotation "
+                            "uses (the supercategory of the others, not a class): insects-and-zebras"]
+    else:
+        assert messages == []
+
+
+@pytest.mark.parametrize("case, message", [
+    ("category id null", "categories[1].id must be a whole number, got None"),
+    ("category id a text", "categories[1].id must be a whole number, got 'zebra'"),
+    ("category id twice", "categories[1].id gives 'zebra' the id 1, which is already the id of 'ant'"),
+    ("image without an id", "images[1].id must be a number or a text, got None"),
+    ("image id twice", "images[1].id 1 is also the id of images[0]"),
+])
+def test_coco_ids_that_cannot_be_read_are_refused_in_one_line_naming_the_field(case, message, tmp_path):
+    categories, images = [{"id": 1, "name": "ant"}, {"id": 3, "name": "zebra"}], [{"id": 1}, {"id": 2}]
+    if case.startswith("category"):
+        categories[1]["id"] = {"category id null": None, "category id a text": "zebra", "category id twice": 1}[case]
+    else:
+        images[1] = {} if case == "image without an id" else {"id": "1"}
+    json_file = write_coco_of_two_photos(tmp_path / "coco", images, categories, ant_on_a_zebra_on_b(1, 2, 1, 3))
+    with pytest.raises(DatasetError) as info:
+        open_dataset(json_file)
+    assert str(info.value) == f"{json_file}: {message}"
+
+
 # --- open_dataset errors ---------------------------------------------------------------------------------------
 
 

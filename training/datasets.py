@@ -3,8 +3,9 @@
 
 Every data set yields ``(image, target)``: ``image`` a float tensor [3, H, W] in 0..1, ``target`` a dict with
 ``boxes`` (float [N, 4], x1 y1 x2 y2 in pixels), ``labels`` (int64 [N], 1..K; label i+1 is ``class_names[i]``),
-``difficult`` (bool [N]) and ``image_id`` (int: COCO's image id; for VOC the position of the annotation file
-among the folder's sorted XML files, the same in every split; for YOLO its position in the split).
+``difficult`` (bool [N]) and ``image_id`` (int: COCO's image id, or the image's position in the file when
+some ids are texts; for VOC the position of the annotation file among the folder's sorted XML files, the same
+in every split; for YOLO its position in the split).
 
 Annotations are parsed once, when the data set is built, and each image's header is read then too (its real
 size, its readability); pixels are decoded lazily in ``__getitem__`` by ``handler.decode``, the decoder serving
@@ -113,6 +114,7 @@ class _Report:
     outside_boxes: int = 0
     corrected_sizes: int = 0
     difficult_left_out: int = 0
+    unused_supercategories: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [
@@ -131,6 +133,8 @@ class _Report:
                      f"image sizes taken from the image files {_SIZE_NOTE}"),
             _counted(self.difficult_left_out, "difficult/crowd object left out of training",
                      "difficult/crowd objects left out of training"),
+            _listed(self.unused_supercategories, "category that no annotation uses",
+                    "categories that no annotation uses", "the supercategory of the others, not a class"),
         ]
         return "; ".join(part for part in parts if part)
 
@@ -236,6 +240,10 @@ class VOCDataset(DetectionDataset):
 class CocoDataset(DetectionDataset):
     """COCO instances JSON: ``bbox`` [x, y, w, h] becomes x1 y1 x2 y2; category ids, sorted, become labels 1..K.
 
+    Ids are read as tools write them: a whole number or its digits in a text ("3" is 3), gaps allowed; image ids
+    may be any text. A category that no annotation uses and that is the supercategory of others (Roboflow's
+    id 0) is not a class.
+
     Args:
         annotation_file: the instances JSON.
         split: "all", or "train"/"val"/"test" of the hash split of a file that holds every image (see
@@ -247,7 +255,8 @@ class CocoDataset(DetectionDataset):
         transforms: called last on (image, target).
 
     Raises:
-        DatasetError: missing or unreadable file, no usable image, classes not covered.
+        DatasetError: missing or unreadable file, no usable image, classes not covered; an image or category
+            without a usable id, or an id given twice (the message names the file and the entry).
     """
 
     def __init__(
@@ -257,29 +266,32 @@ class CocoDataset(DetectionDataset):
     ) -> None:
         annotation_file = Path(annotation_file)
         coco = _read_coco_json(annotation_file)
-        images = [image for image in coco["images"] if isinstance(image, dict) and "id" in image
-                  and in_split(Path(str(image.get("file_name", ""))).stem, split)]
-        root = Path(image_root) if image_root is not None else _find_coco_image_root(annotation_file, images)
+        image_ids = _coco_image_ids(annotation_file, coco["images"])
+        images = [(image_id, image) for image_id, image in zip(image_ids, coco["images"])
+                  if in_split(Path(str(image.get("file_name", ""))).stem, split)]
+        root = Path(image_root) if image_root is not None else _find_coco_image_root(
+            annotation_file, [image for _, image in images])
         description = f"{annotation_file}{'' if split == 'all' else f' [{split}]'} (images in {root})"
         report = _Report()
 
-        categories = sorted((c for c in coco["categories"] if isinstance(c, dict) and "id" in c),
-                            key=lambda c: c["id"])
-        category_names = {c["id"]: str(c.get("name", c["id"])).strip() for c in categories}
-        entries: dict[object, _Entry] = {}
-        for image in images:
+        category_names, report.unused_supercategories = _coco_categories(annotation_file, coco)
+        # Whole-number ids are COCO's image ids; when some are texts, every image is numbered by its position.
+        numbered = all(isinstance(image_id, int) for image_id in image_ids)
+        positions = {image_id: position for position, image_id in enumerate(image_ids, start=1)}
+        entries: dict[int | str, _Entry] = {}
+        for image_id, image in images:
             file_name = str(image.get("file_name", ""))
-            entries[image["id"]] = _Entry(
-                name=file_name or f"image id {image['id']}", image_path=root / file_name if file_name else None,
+            entries[image_id] = _Entry(
+                name=file_name or f"image id {image_id}", image_path=root / file_name if file_name else None,
                 width=_int_or_zero(image.get("width")), height=_int_or_zero(image.get("height")),
-                image_id=int(image["id"]), objects=[],
+                image_id=image_id if numbered else positions[image_id], objects=[],
             )
-        image_ids = {image["id"] for image in coco["images"] if isinstance(image, dict) and "id" in image}
         for annotation in coco["annotations"]:
-            entry = entries.get(annotation.get("image_id")) if isinstance(annotation, dict) else None
-            if entry is None and isinstance(annotation, dict) and annotation.get("image_id") in image_ids:
+            image_id = _coco_id(annotation.get("image_id")) if isinstance(annotation, dict) else None
+            entry = entries.get(image_id)
+            if entry is None and image_id in positions:
                 continue  # an image of another split
-            name = category_names.get(annotation.get("category_id")) if entry is not None else None
+            name = category_names.get(_coco_id(annotation.get("category_id"))) if entry is not None else None
             if name is None:
                 report.orphan_annotations += 1
                 continue
@@ -490,6 +502,72 @@ def _read_coco_json(path: Path) -> dict:
         raise DatasetError(f"{path} is not a COCO instances file (needs 'images' and 'categories' lists)")
     coco.setdefault("annotations", [])
     return coco
+
+
+def _coco_id(value: object) -> int | str | None:
+    """A COCO id as a key: a whole number, written as a number or as the digits of a text ("3" is 3); any
+    other non-empty text as it is; None for the rest (null, true, 2.5, a list)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and value.strip():
+        try:
+            return int(value)
+        except ValueError:
+            return value.strip()
+    return None
+
+
+def _shown_id(entry: object) -> str:
+    return repr(entry.get("id")) if isinstance(entry, dict) else "an entry that is not an object"
+
+
+def _coco_image_ids(path: Path, images: list) -> list[int | str]:
+    """Each image's id (see ``_coco_id``).
+
+    Raises:
+        DatasetError: an image that is not an object, has no usable id, or shares its id with another image.
+    """
+    ids: dict[int | str, int] = {}
+    for index, image in enumerate(images):
+        image_id = _coco_id(image.get("id")) if isinstance(image, dict) else None
+        if image_id is None:
+            raise DatasetError(f"{path}: images[{index}].id must be a number or a text, got {_shown_id(image)}")
+        if image_id in ids:
+            raise DatasetError(f"{path}: images[{index}].id {image_id!r} is also the id of images[{ids[image_id]}]")
+        ids[image_id] = index
+    return list(ids)
+
+
+def _coco_categories(path: Path, coco: dict) -> tuple[dict[int, str], list[str]]:
+    """Class names by category id, in id order, and the unused supercategories left out of them.
+
+    Roboflow's exports hold a category (id 0) named after the supercategory of all the others that no
+    annotation uses: as a class the model would never see an example of it, so such a category is no class.
+
+    Raises:
+        DatasetError: a category that is not an object, whose id is not a whole number, or whose id is another
+            category's with another name.
+    """
+    names: dict[int, str] = {}
+    parents: set[str] = set()  # the supercategories of categories other than themselves
+    for index, category in enumerate(coco["categories"]):
+        category_id = _coco_id(category.get("id")) if isinstance(category, dict) else None
+        if not isinstance(category_id, int):
+            raise DatasetError(f"{path}: categories[{index}].id must be a whole number, got {_shown_id(category)}")
+        name = str(category.get("name", category_id)).strip()
+        if names.setdefault(category_id, name) != name:
+            raise DatasetError(f"{path}: categories[{index}].id gives {name!r} the id {category_id}, which is "
+                               f"already the id of {names[category_id]!r}")
+        if str(category.get("supercategory", name)).strip() != name:
+            parents.add(str(category["supercategory"]).strip())
+    used = {_coco_id(a.get("category_id")) for a in coco["annotations"] if isinstance(a, dict)}
+    left_out = sorted(category_id for category_id, name in names.items() if category_id not in used and name in parents)
+    kept = {category_id: name for category_id, name in sorted(names.items()) if category_id not in left_out}
+    return kept, [names[category_id] for category_id in left_out]
 
 
 def _find_coco_image_root(annotation_file: Path, images: list[dict]) -> Path:
