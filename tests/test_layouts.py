@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,45 @@ def test_data_yaml_names_as_a_mapping_list_files_and_missing_splits(tmp_path):
     assert [r.path.name for r in dataset.records] == ["a.jpg"] and dataset.class_names == ["ant", "bee"]
     with pytest.raises(DatasetError, match=r"dataset.yaml has no split 'val' \(it has: train\)"):
         open_dataset(root, "val")
+
+
+def write_yolo_train_folder(root: Path, stem: str) -> None:
+    """root/images/train/{stem}.jpg with one box in root/labels/train/{stem}.txt."""
+    write_image(root / "images" / "train" / f"{stem}.jpg", Image.new("RGB", (64, 64)))
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "train" / f"{stem}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+
+
+def test_a_relative_data_yaml_path_is_found_as_ultralytics_finds_it(tmp_path, monkeypatch):
+    """Ultralytics (``check_det_dataset``) takes a relative ``path`` from the current folder when it is there;
+    where it is not, Ultralytics looks in its own datasets_dir setting, and this project beside the data.yaml."""
+    work = tmp_path / "work"
+    data_yaml = work / "configs" / "data.yaml"
+    data_yaml.parent.mkdir(parents=True)
+    data_yaml.write_text(yaml.safe_dump({"path": "shapes", "train": "images/train", "names": ["box"]}))
+    write_yolo_train_folder(work / "shapes", "from-the-current-folder")
+    write_yolo_train_folder(work / "configs" / "shapes", "beside-the-yaml")
+    monkeypatch.chdir(work)
+    dataset, _ = open_with_warnings(data_yaml, "train")
+    assert [r.path for r in dataset.records] == [work / "shapes" / "images" / "train" / "from-the-current-folder.jpg"]
+    monkeypatch.chdir(tmp_path)  # no shapes/ here: the folder beside the data.yaml
+    dataset, _ = open_with_warnings(data_yaml, "train")
+    assert [r.path.name for r in dataset.records] == ["beside-the-yaml.jpg"]
+
+
+def test_a_data_yaml_path_that_holds_no_entry_says_where_it_looked_and_by_which_rule(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    data_yaml = work / "configs" / "data.yaml"
+    data_yaml.parent.mkdir(parents=True)
+    data_yaml.write_text(yaml.safe_dump({"path": "shapes", "train": "images/train", "names": ["box"]}))
+    (work / "shapes").mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(DatasetError) as info:
+        open_dataset(data_yaml, "train")
+    assert str(info.value) == (
+        f"{data_yaml}: images/train not found (looked in {work / 'shapes' / 'images' / 'train'} ('path: shapes' "
+        f"taken from the current folder, as Ultralytics takes it); {work / 'configs' / 'shapes' / 'images' / 'train'} "
+        "('path: shapes' taken from the data.yaml's folder))")
 
 
 def test_a_coco_file_without_splits_is_split_by_the_hash_and_keeps_its_split_annotations(tmp_path, shapes):

@@ -5,8 +5,9 @@
 ``training/datasets.py`` reads them. Layouts, in the order they are tried:
 
 - YOLO ``data.yaml`` (Ultralytics, Roboflow, CVAT): ``names`` and ``train``/``val``/``test`` paths (folders,
-  lists of folders or .txt lists of images); a label is the image's path with its last ``images/`` made
-  ``labels/`` and a .txt suffix, as Ultralytics finds them.
+  lists of folders or .txt lists of images) under its ``path``, which is found as Ultralytics finds it (a
+  relative one in the current folder first; see ``_yolo_base``); a label is the image's path with its last
+  ``images/`` made ``labels/`` and a .txt suffix, as Ultralytics finds them.
 - Pascal VOC, VOCdevkit: ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/{split}.txt``.
 - COCO instances JSON: ``annotations/instances_{split}.json``, or one other .json in the folder or in
   ``annotations/`` (Roboflow's ``_annotations.coco.json``, Label Studio's ``result.json``, CVAT's
@@ -26,6 +27,7 @@ images into "val" (the same images serve as "test"); "train" is the rest, "all" 
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +299,6 @@ def _yolo_yaml(data_yaml: Path, split: str) -> YoloSource:
     if not isinstance(content, dict) or "names" not in content:
         raise DatasetError(f"{data_yaml} is not a YOLO data.yaml (it needs 'names' and 'train'/'val' paths)")
     names = _yolo_names(content["names"], data_yaml)
-    base = data_yaml.parent / str(content.get("path") or ".")
     entries = {key: content[key] for key in ("train", "val", "test") if content.get(key)}
     if split == "all":
         wanted = list(entries.values())
@@ -306,11 +307,12 @@ def _yolo_yaml(data_yaml: Path, split: str) -> YoloSource:
         if key is None:
             raise DatasetError(f"{data_yaml} has no split '{split}' (it has: {', '.join(entries) or 'none'})")
         wanted = [entries[key]]
+    items = [str(item) for entry in wanted for item in (entry if isinstance(entry, list) else [entry])]
+    base = _yolo_base(data_yaml, content.get("path"), items)
     images: dict[Path, Path] = {}
-    for entry in wanted:
-        for item in entry if isinstance(entry, list) else [entry]:
-            for image in _yolo_images(base, str(item), data_yaml):
-                images.setdefault(image, _ultralytics_label_path(image))
+    for item in items:
+        for image in _yolo_images(base, item, data_yaml):
+            images.setdefault(image, _ultralytics_label_path(image))
     return YoloSource(layout=f"YOLO ({data_yaml.name})", images=tuple(images.items()), class_names=names,
                       description=f"{data_yaml} [{split}]")
 
@@ -329,18 +331,54 @@ def _yolo_names(names, data_yaml: Path) -> tuple[str, ...]:
     raise DatasetError(f"{data_yaml}: 'names' must be a list or a mapping of class numbers to names")
 
 
-def _yolo_images(base: Path, item: str, data_yaml: Path) -> list[Path]:
-    """The images of one ``train``/``val``/``test`` entry: a folder (searched recursively) or a .txt list."""
+def _yolo_base(data_yaml: Path, written: object, items: list[str]) -> Path:
+    """The folder the ``train``/``val``/``test`` entries are relative to, found by Ultralytics' rule
+    (``check_det_dataset``): no ``path``: the data.yaml's folder; an absolute ``path``: itself; a relative
+    ``path``: the current folder's ``path`` when that exists. Ultralytics would otherwise take it relative to its
+    own ``datasets_dir`` setting, which only Ultralytics knows: here the data.yaml's folder is taken instead, and
+    also when the entries are not under the current folder's ``path`` (a CVAT export's ``path: .`` read from
+    elsewhere). ``$VARIABLES`` in ``path`` are expanded, as Ultralytics does.
+
+    Raises:
+        DatasetError: an entry found under none of these folders; the message names each folder and its rule.
+    """
+    if not written:
+        candidates = [(data_yaml.parent, "the data.yaml's folder, as there is no 'path'")]
+    else:
+        path = Path(os.path.expandvars(str(written)))
+        beside = (data_yaml.parent / path, f"'path: {written}' taken from the data.yaml's folder")
+        if path.is_absolute():
+            candidates = [(path, f"'path: {written}'")]
+        elif path.exists():
+            candidates = [(path.resolve(), f"'path: {written}' taken from the current folder, as Ultralytics "
+                                           "takes it"), beside]
+        else:
+            candidates = [beside]
+    for base, _ in candidates:
+        if all(_yolo_entry(base, item).exists() for item in items):
+            return base
+    missing = next(item for item in items if not _yolo_entry(candidates[-1][0], item).exists())
+    looked = "; ".join(f"{_yolo_entry(base, missing)} ({rule})" for base, rule in candidates)
+    raise DatasetError(f"{data_yaml}: {missing} not found (looked in {looked})")
+
+
+def _yolo_entry(base: Path, item: str) -> Path:
+    """Where a ``train``/``val``/``test`` entry points, as Ultralytics finds it."""
     path = (base / item).resolve()
     if not path.exists() and item.startswith("../"):  # Roboflow writes ../train/images beside the yaml
         path = (base / item[3:]).resolve()
+    return path
+
+
+def _yolo_images(base: Path, item: str, data_yaml: Path) -> list[Path]:
+    """The images of one ``train``/``val``/``test`` entry: a folder (searched recursively) or a .txt list."""
+    path = _yolo_entry(base, item)
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if path.is_file() and path.suffix == ".txt":
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        return [(path.parent / line).resolve() if line.startswith("./") else (base / line).resolve()
-                for line in lines]
-    raise DatasetError(f"{data_yaml}: {item} not found (looked in {path})")
+    if path.suffix != ".txt":
+        raise DatasetError(f"{data_yaml}: {item} is neither a folder of images nor a .txt list of them ({path})")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [(path.parent / line).resolve() if line.startswith("./") else (base / line).resolve() for line in lines]
 
 
 def _ultralytics_label_path(image: Path) -> Path:
