@@ -59,7 +59,9 @@ KSERVE_SETTINGS: dict[str, tuple[str | None, str]] = {
     ),
     "metrics_address": (
         "http://0.0.0.0:8082",
-        "Prometheus scrapes the pod on the port the runtime announces (prometheus.kserve.io/port: 8082).",
+        "TorchServe's and the handler's metrics, for Prometheus to scrape at the pod's address (a PodMonitor "
+        "or scrape config), or for KServe's metric aggregation (serving.kserve.io/enable-metric-aggregation) "
+        "to merge with queue-proxy's on port 9088.",
     ),
     "model_store": (f"{MOUNT}/{MODEL_STORE_DIR}", "Where KServe puts the storageUri's model-store/."),
     "metrics_config": (f"{MOUNT}/{CONFIG_DIR}/{METRICS_FILE}", "The metric declarations of this bundle."),
@@ -72,16 +74,15 @@ KSERVE_SETTINGS: dict[str, tuple[str | None, str]] = {
         "The model API stays off (enable_model_api=false above): models come from storageUri only.",
     ),
     "enable_envvars_config": (
-        "true",
-        "TS_* environment variables override this file: the runtime sets TS_SERVICE_ENVELOPE from the "
-        "InferenceService's serviceEnvelope label.",
+        "false",
+        "No TS_* environment variable overrides this file. KServe's controller always labels a TorchServe "
+        "InferenceService serviceEnvelope=kserve (protocol v1) or kservev2 (v2), and the runtime passes the "
+        "label on as TS_SERVICE_ENVELOPE. TorchServe's own envelopes read only the first request of a batch "
+        "and answer the whole batch once: every request of a batch of 4 failed (503 'number of batch response "
+        "mismatched'). The handler reads the v1 and v2 bodies itself, request by request, so the file's "
+        "settings win.",
     ),
-    "service_envelope": (
-        "",
-        "None: the handler reads KServe v1 and v2 bodies itself, request by request. TorchServe's kserve and "
-        "kservev2 envelopes answer only the first request of a batch (4 concurrent requests all got 503 "
-        "'number of batch response mismatched'): do not set the serviceEnvelope label.",
-    ),
+    "service_envelope": ("", "None: the handler reads KServe v1 and v2 bodies itself (above)."),
 }
 
 

@@ -1,24 +1,20 @@
 """KServe: the bundle of `make kserve-bundle`, deploy/kserve/inferenceservice.yaml checked against it, and the
-real TorchServe started from the bundle the way KServe's TorchServe runtime starts it.
+bundle served as KServe serves it.
 
-No cluster is reachable here, so the runtime's side is written down below (KSERVE_*) and the pod is played on
-loopback: the bundle goes to a temporary folder standing for /mnt/models, TorchServe starts with the runtime's
-command (paths mapped to that folder), its config file exactly as bundled, and the runtime's environment
-(TS_SERVICE_ENVELOPE empty: no serviceEnvelope label). Free ports replace the pod's fixed ones through TS_*
-variables, which the bundle's enable_envvars_config=true lets override the file. Requests go where KServe's
-model server sends them (``/predictions/<model>``, JSON with a charset) and to TorchServe's own v1/v2 URLs.
+The pod (tests/kserve_pod.py) is what KServe's TorchServe runtime always makes: its own network namespace,
+the bundle read-only at /mnt/models, uid 1000, the runtime's command, TS_SERVICE_ENVELOPE and
+PROTOCOL_VERSION as the controller sets them for protocolVersion v1 and v2, and KServe's own Python model
+server (the ``kserve`` package of the runtime's image, in .venv-kserve) in front on port 8080. Requests reach
+the model server at the pod's address, as the cluster's ingress sends them.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
+import re
 import sys
-import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,44 +27,21 @@ from ts.version import __version__ as TORCHSERVE_VERSION
 
 from handler.kserve import KServeEnvelope, open_envelope
 from scripts.kserve_bundle import get_args_parser, write_bundle
-from scripts.serve import running_server, stop_server
-from tests.test_serving import at_once, free_ports, scene
+from tests.kserve_pod import (
+    KSERVE_MOUNT, MODEL_SERVER_PORT, RUNTIME_COMMAND, RUNTIME_UID, SERVICE_ENVELOPES, Pod, kserve_pod,
+    missing_requirements,
+)
+from tests.test_serving import at_once, scene
 
 ROOT = Path(__file__).resolve().parents[1]
 INFERENCE_SERVICES = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
-
-# KServe's TorchServe runtime (ClusterServingRuntime kserve-torchserve): it copies the storageUri to
-# /mnt/models, starts TorchServe with this command and TS_SERVICE_ENVELOPE="{{.Labels.serviceEnvelope}}", and
-# runs its own model server in the pod on 8080 (HTTP) and 8081 (gRPC), forwarding to TorchServe's inference
-# address. Its image is pytorch/torchserve-kfs:<runtimeVersion>.
-KSERVE_MOUNT = "/mnt/models"
-KSERVE_COMMAND = [
-    "torchserve", "--start", f"--model-store={KSERVE_MOUNT}/model-store",
-    f"--ts-config={KSERVE_MOUNT}/config/config.properties",
-]
-KSERVE_MODEL_SERVER_PORTS = {8080, 8081}
-# What KServe's model server sends TorchServe (it adds a charset, so TorchServe leaves the body as bytes).
-FORWARDED_JSON = {"Content-Type": "application/json; charset=UTF-8"}
-
-
-@dataclass
-class Pod:
-    """TorchServe started from the bundle like the runtime does, on free loopback ports."""
-
-    bundle: Path
-    inference_url: str
-    metrics_url: str
-    start_dir: Path
-    tmp_dir: Path
-    process: psutil.Process
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return requests.post(f"{self.inference_url}{path}", **kwargs)
+KSERVE_MODEL_SERVER_PORTS = {MODEL_SERVER_PORT, 8081}
+BATCH_SIZE = yaml.safe_load((ROOT / "model" / "model-config.yaml").read_text())["batchSize"]
 
 
 @pytest.fixture(scope="module")
 def bundle(trained_checkpoint, tmp_path_factory) -> Path:
-    """The bundle, written where the pod's /mnt/models would be."""
+    """The bundle, as the storage initializer leaves it at /mnt/models."""
     return write_bundle(trained_checkpoint, output=tmp_path_factory.mktemp("mnt") / "models")
 
 
@@ -77,49 +50,15 @@ def bundle_config(bundle) -> dict[str, str]:
     return load_properties(str(bundle / "config" / "config.properties"))
 
 
-@pytest.fixture(scope="module")
-def pod(bundle, tmp_path_factory) -> Pod:
-    root = tmp_path_factory.mktemp("pod")
-    start_dir, tmp_dir = root / "start", root / "tmp"
-    for folder in (start_dir, tmp_dir):
-        folder.mkdir()
-    inference, metrics, grpc_inference, grpc_management = free_ports(4)
-    inference_url, metrics_url = f"http://127.0.0.1:{inference}", f"http://127.0.0.1:{metrics}"
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "TS_CONFIG_FILE")}
-    env.update({
-        "TMPDIR": str(tmp_dir), "TEMP": str(tmp_dir),
-        "TS_SERVICE_ENVELOPE": "",  # what the runtime sets for an InferenceService without serviceEnvelope
-        "TS_INFERENCE_ADDRESS": inference_url, "TS_MANAGEMENT_ADDRESS": inference_url,
-        "TS_METRICS_ADDRESS": metrics_url,
-        "TS_GRPC_INFERENCE_PORT": str(grpc_inference), "TS_GRPC_MANAGEMENT_PORT": str(grpc_management),
-        # The one absolute path inside the config file that the command line cannot map.
-        "TS_METRICS_CONFIG": str(bundle / "config" / "metrics.yaml"),
-    })
-    command = [str(Path(sys.executable).with_name(KSERVE_COMMAND[0]))]
-    command += [arg.replace(KSERVE_MOUNT, str(bundle)) for arg in KSERVE_COMMAND[1:]]
-    console = start_dir / "console.log"
-    with console.open("ab") as out:  # the Java server inherits stdout: a pipe would never close
-        done = subprocess.run(command, cwd=start_dir, env=env, stdout=out, stderr=out)
-    process = running_server(tmp_dir)
-    assert done.returncode == 0 and process is not None, console.read_text()
-    try:
-        wait_for_ready_worker(f"{inference_url}/models/tagger", process)
-        yield Pod(bundle, inference_url, metrics_url, start_dir, tmp_dir, process)
-    finally:
-        stop_server(start_dir=start_dir, tmp_dir=tmp_dir)
-
-
-def wait_for_ready_worker(model_url: str, process: psutil.Process) -> None:
-    """Waits, as KServe's model server does, until the management API lists a READY worker (no key needed)."""
-    while True:
-        assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE, "TorchServe exited"
-        try:
-            described = requests.get(model_url)
-            if described.status_code == 200 and any(w["status"] == "READY" for w in described.json()[0]["workers"]):
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def pod(request, bundle) -> Pod:
+    """The bundle served by a pod of an InferenceService with ``protocolVersion`` v1, then v2."""
+    why_not = missing_requirements()
+    if why_not:
+        pytest.skip(why_not)
+    with kserve_pod(bundle, protocol=request.param, index=["v1", "v2"].index(request.param) + 1,
+                    torchserve_python=Path(sys.executable)) as running:
+        yield running
 
 
 def v1_body(image: bytes, **options) -> dict:
@@ -153,7 +92,7 @@ def test_kserve_bodies_open_into_the_plain_json_request_and_other_rows_pass():
 
 
 def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):
-    store_arg, config_arg = KSERVE_COMMAND[2].split("=", 1)[1], KSERVE_COMMAND[3].split("=", 1)[1]
+    store_arg, config_arg = RUNTIME_COMMAND[2].split("=", 1)[1], RUNTIME_COMMAND[3].split("=", 1)[1]
     assert (bundle / Path(config_arg).relative_to(KSERVE_MOUNT)).is_file()
     assert bundle_config["model_store"] == store_arg
     assert sorted(p.name for p in (bundle / Path(store_arg).relative_to(KSERVE_MOUNT)).iterdir()) == ["tagger.mar"]
@@ -166,8 +105,9 @@ def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):
     assert inference.port not in KSERVE_MODEL_SERVER_PORTS
     assert urlparse(bundle_config["metrics_address"]).hostname == "0.0.0.0"
     assert bundle_config["metrics_mode"] == "prometheus"
-    # The decisions the README explains: no keys (the ingress authenticates), no model API, no TS envelope.
-    assert bundle_config["enable_envvars_config"] == "true"
+    # The decisions the README explains: no keys (the ingress authenticates), no model API, no TS envelope
+    # (and no TS_* variable, such as the runtime's TS_SERVICE_ENVELOPE, can set one).
+    assert bundle_config["enable_envvars_config"] == "false"
     assert bundle_config["disable_token_authorization"] == "true"
     assert bundle_config["enable_model_api"] == "false"
     assert bundle_config["service_envelope"] == ""
@@ -213,64 +153,80 @@ def test_inference_services_fit_the_bundle(bundle_config):
     assert sorted(gpus) == [0, 1]  # a CPU and a GPU variant
 
 
-def test_v1_v2_and_plain_requests_get_the_same_tags(pod):
-    image, _ = scene(7000)
-    plain = pod.post("/predictions/tagger", files={"data": ("scene.jpg", image, "image/jpeg")})
-    assert plain.status_code == 200, plain.text
-    v1 = [
-        pod.post("/predictions/tagger", data=json.dumps(v1_body(image)), headers=FORWARDED_JSON),
-        pod.post("/v1/models/tagger:predict", json=v1_body(image)),
-    ]
-    v2 = [
-        pod.post("/predictions/tagger", data=json.dumps(v2_body(image, request_id="req-1")), headers=FORWARDED_JSON),
-        pod.post("/v2/models/tagger/infer", json=v2_body(image, request_id="req-1")),
-    ]
-    assert [a.status_code for a in v1 + v2] == [200] * 4, [a.text for a in v1 + v2]
-    assert plain.json()["tags"]
-    assert all(a.json() == {"predictions": [plain.json()]} for a in v1)
-    for answer in v2:
-        assert {k: answer.json()[k] for k in ("id", "model_name", "model_version")} == {
-            "id": "req-1", "model_name": "tagger", "model_version": "1.0"}
-        assert v2_result(answer) == plain.json()
-    # Without an id of its own, a v2 answer carries TorchServe's request id.
-    anonymous = pod.post("/v2/models/tagger/infer", json=v2_body(image))
-    assert anonymous.json()["id"] == anonymous.headers["x-request-id"]
+def predict(pod: Pod, image: bytes, **options) -> requests.Response:
+    """One image sent to KServe's model server in the body of the pod's protocol, options where they go."""
+    if pod.protocol == "v1":
+        return requests.post(f"{pod.model_server_url}/v1/models/tagger:predict", json=v1_body(image, **options),
+                             timeout=300)
+    return requests.post(f"{pod.model_server_url}/v2/models/tagger/infer", json=v2_body(image, **options),
+                         timeout=300)
 
 
-def test_options_travel_in_the_envelopes(pod):
-    image, _ = scene(7001)
-    default = pod.post("/v1/models/tagger:predict", json=v1_body(image)).json()["predictions"][0]
-    as_list = pod.post("/v1/models/tagger:predict", json=v1_body(image, format="list")).json()["predictions"][0]
-    assert as_list == default["tags"]
-    assert v2_result(pod.post("/v2/models/tagger/infer", json=v2_body(image, format="list"))) == default["tags"]
-    everything = v2_result(pod.post("/v2/models/tagger/infer", json=v2_body(image, threshold=0)))
-    assert len(everything["detections"]) > len(default["detections"])
+def tagger_response(pod: Pod, answer: requests.Response):
+    """The tagger's own response inside a v1 or v2 answer."""
+    assert answer.status_code == 200, answer.text
+    if pod.protocol == "v1":
+        (response,) = answer.json()["predictions"]
+        return response
+    return v2_result(answer)
 
 
-def test_bad_kserve_requests_get_their_own_errors_in_a_batch(pod):
-    image, _ = scene(7002)
-    encoded = base64.b64encode(image).decode("ascii")
-    two_instances = {"instances": [{"data": encoded}, {"data": encoded}]}
-    numbers = {"inputs": [{"name": "image", "shape": [3], "datatype": "INT64", "data": [1, 2, 3]}]}
-    calls = [
-        lambda: pod.post("/v1/models/tagger:predict", json=v1_body(image)),
-        lambda: pod.post("/v1/models/tagger:predict", json=two_instances),
-        lambda: pod.post("/v2/models/tagger/infer", json=numbers),
-        lambda: pod.post("/v1/models/tagger:predict", json={"instances": [{"data": "not base64!"}]}),
-        lambda: pod.post("/v2/models/tagger/infer", json=v2_body(b"\xff\xd8 not really a jpeg")),
-        lambda: pod.post("/v2/models/tagger/infer", json=v2_body(image)),
-    ]
+def batch_sizes(pod: Pod) -> list[int]:
+    """The images of each batch the handler tagged, from its TaggerImages metric in TorchServe's logs."""
+    logs = "".join(pod.log(name) for name in ("model_metrics.log", "ts_log.log"))
+    return [int(count) for count in re.findall(r"TaggerImages\.Count:(\d+)", logs)]
+
+
+def test_a_burst_through_kserve_is_batched_and_a_broken_upload_is_refused_alone(pod):
+    """Fails with TorchServe's own envelope (the bundle letting TS_SERVICE_ENVELOPE in): it answers a batch
+    once, from its first request, and TorchServe fails every request of it."""
+    scenes = [scene(7100 + n) for n in range(BATCH_SIZE)]
+    broken = b"\xff\xd8\xff\xe0 a JPEG cut short"
+    calls = [lambda image=image: predict(pod, image) for image, _ in scenes]
+    calls.insert(2, lambda: predict(pod, broken))
     answers = at_once(*calls)
-    assert [a.status_code for a in answers] == [200, 400, 400, 400, 400, 200], [a.text for a in answers]
-    errors = [a.json()["error"] for a in answers[1:5]]
-    assert errors == ["too_many_images", "no_image", "bad_base64", "not_an_image"]
-    assert all(a.json()["message"] for a in answers[1:5])
-    assert answers[0].json()["predictions"][0] == v2_result(answers[5])
+    refused = answers.pop(2)
+    for answer, (_, truth) in zip(answers, scenes):
+        assert set(tagger_response(pod, answer)["tags"]) >= truth
+    # KServe's model server turns TorchServe's 400 into a 500 whose text carries the tagger's error code,
+    # the status and the message (kserve.model._http_predict, kserve.errors).
+    assert refused.status_code == 500, refused.text
+    assert re.fullmatch(r"HTTPStatusError : not_an_image, '400 [^']+' for url "
+                        r"'http://127\.0\.0\.1:8085/v[12]/models/tagger[:/](predict|infer)'",
+                        refused.json()["error"]), refused.json()
+    assert max(batch_sizes(pod)) > 1, batch_sizes(pod)  # TorchServe gathered the burst into batches
 
 
-def test_no_key_is_needed_and_models_cannot_be_registered(pod):
-    ping = requests.get(f"{pod.inference_url}/ping")
-    assert ping.json() == {"status": "Healthy"}
-    assert not (pod.start_dir / "key_file.json").exists()
-    register = requests.post(f"{pod.inference_url}/models", params={"url": "https://example.com/evil.mar"})
-    assert register.status_code == 405  # enable_model_api=false
+def test_options_travel_through_kserve(pod):
+    image, _ = scene(7001)
+    default = tagger_response(pod, predict(pod, image))
+    assert tagger_response(pod, predict(pod, image, format="list")) == default["tags"]
+    everything = tagger_response(pod, predict(pod, image, threshold=0))
+    assert len(everything["detections"]) > len(default["detections"])
+    if pod.protocol == "v2":  # a v2 request's own id comes back
+        answer = requests.post(f"{pod.model_server_url}/v2/models/tagger/infer", json=v2_body(image, request_id="req-1"))
+        assert answer.json()["id"] == "req-1" and v2_result(answer) == default
+
+
+def test_the_pod_runs_as_kserve_runs_it(pod):
+    """uid 1000 from the read-only bundle, with the envelope variable the controller sets, and nothing in
+    TorchServe's log about it."""
+    processes = [psutil.Process(pid) for pid in pod.processes()]
+    assert {process.uids().real for process in processes} == {RUNTIME_UID}
+    (java,) = [process for process in processes if process.name() == "java"]
+    assert java.environ()["TS_SERVICE_ENVELOPE"] == SERVICE_ENVELOPES[pod.protocol]
+    assert java.environ()["PROTOCOL_VERSION"] == pod.protocol
+    command = java.cmdline()
+    assert command[command.index("-f") + 1] == RUNTIME_COMMAND[3].split("=", 1)[1]
+    mounts = Path(f"/proc/{java.pid}/mountinfo").read_text().splitlines()
+    (bundle_mount,) = [line.split() for line in mounts if line.split()[4] == KSERVE_MOUNT]
+    assert "ro" in bundle_mount[5].split(",")
+    log = pod.log("ts_log.log")
+    assert "Permission denied" not in log and "[ERROR]" not in log, log[-2000:]
+
+
+def test_metrics_are_scraped_at_the_pod_address(pod):
+    predict(pod, scene(7002)[0])
+    metrics = requests.get(pod.metrics_url, timeout=10).text
+    assert re.search(r'^TaggerImages\{ModelName="tagger",Level="Model",.*\} [1-9]', metrics, re.MULTILINE), metrics[:2000]
+    assert re.search(r'^ts_inference_requests_total\{model_name="tagger",.*\} [1-9]', metrics, re.MULTILINE)
