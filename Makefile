@@ -50,16 +50,19 @@ demo-model: setup
 # Paths and addresses are read from config.properties (archive, endpoint) by the scripts themselves.
 .PHONY: archive serve stop bench
 
-# The archive config.properties serves, from CHECKPOINT=path, else the newest $(OUTPUT)/Epoch.N.pth, else the
-# shipped demo model (model/demo.pth).
-archive: setup
-	$(PY) -m scripts.make_archive $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model-dir $(OUTPUT))
+# The checkpoint to pack: CHECKPOINT=path, else the newest $(OUTPUT)/Epoch.N.pth, else the shipped demo model
+# (model/demo.pth).
+PACKED := $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model-dir $(OUTPUT))
 
-# Everything from a fresh clone, without training: the archive (rebuilt only when a checkpoint, a handler file
-# or the model config is newer), then TorchServe. Safe to run again: a running server is kept (restarted when
-# the archive changed) and its key renewed.
+# The archive config.properties serves, from the checkpoint of PACKED.
+archive: setup
+	$(PY) -m scripts.make_archive $(PACKED)
+
+# Everything from a fresh clone, without training: the archive (rebuilt unless it packs that very checkpoint,
+# by path and sha256, and today's handler files and model config), then TorchServe. Safe to run again: a
+# running server is kept (restarted when the archive changed) and its key renewed.
 serve: setup
-	$(PY) -m scripts.make_archive --if-changed --model-dir $(OUTPUT)
+	$(PY) -m scripts.make_archive --if-changed $(PACKED)
 	$(PY) -m scripts.serve start
 
 stop: setup

@@ -7,8 +7,9 @@ shipped demo model (``model/demo.pth``): a fresh clone serves without training. 
 once, at its root: the entry file ``tagger_handler.py``, the rest of the ``handler/`` package (so
 ``from handler.tagging import ...`` works in TorchServe's model folder), ``model-config.yaml`` and the serving
 copy of the checkpoint: float16 weights, model config, class names and epoch, without the optimizer state or
-the training run's arguments and data paths. The output path defaults to the one ``config.properties``
-serves (``model_store``/``load_models``).
+the training run's arguments and data paths, and ``source.json``: which checkpoint it was packed from (see
+``scripts/archive_source.py``). The output path defaults to the one ``config.properties`` serves
+(``model_store``/``load_models``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,6 +28,7 @@ import torch
 from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
 from handler.checkpoint import CheckpointError, load_checkpoint, newest_checkpoint, save_serving_checkpoint
 from handler.detector import build_detector_from_config
+from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
 from training.demo import SHIPPED_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,11 +77,12 @@ def build_archive(
         weights = save_serving_checkpoint(checkpoint, work / "weights" / Path(checkpoint).name, float16=True)
         check_weights_fit_config(weights, source=checkpoint)
         # torch-model-archiver copies the *contents* of a folder given in --extra-files to the archive root, so
-        # the handler package goes one level down to arrive as handler/. The entry file is --handler (packed
-        # at the root, where TorchServe imports it), so the package copy leaves it out.
+        # the handler package goes one level down to arrive as handler/.
         extra = work / "extra"
-        shutil.copytree(handler_package, extra / "handler",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ENTRY_FILE))
+        for name, path in packed_package_files(handler_package).items():
+            (extra / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, extra / name)
+        ArchiveSource.of(Path(checkpoint)).write(extra / SOURCE_RECORD)
         export = work / "export"
         export.mkdir()
         command = [
@@ -117,11 +121,39 @@ def check_weights_fit_config(path: Path, *, source: Path) -> None:
         raise CheckpointError(f"{source}: weights do not fit the model config: {_first_line(exc)}") from None
 
 
-def archive_is_current(archive: Path, *, inputs: list[Path]) -> bool:
-    """Whether ``archive`` exists and is newer than each input file (checkpoint, model config, handler files)."""
-    return archive.is_file() and all(
-        path.is_file() and archive.stat().st_mtime >= path.stat().st_mtime for path in inputs
-    )
+def packed_package_files(handler_package: Path) -> dict[str, Path]:
+    """The handler package's files the archive holds, by their name in it (``handler/...``): all but caches and
+    the entry file, which is ``--handler`` (packed at the root, where TorchServe imports it)."""
+    files = {}
+    for path in sorted(handler_package.rglob("*")):
+        relative = path.relative_to(handler_package)
+        cache = "__pycache__" in relative.parts or path.suffix == ".pyc"
+        if path.is_file() and not cache and path.name != ENTRY_FILE:
+            files[f"handler/{relative.as_posix()}"] = path
+    return files
+
+
+def archive_is_current(
+    archive: Path, *, checkpoint: Path, model_config_file: Path, handler_package: Path = HANDLER_PACKAGE,
+) -> bool:
+    """Whether ``archive`` was packed from ``checkpoint`` as it is now (the path and sha256 in its record) and
+    holds the model config and the handler files as they are now, byte for byte.
+
+    Contents, not modification times: another run's checkpoint, or a file restored from git, can be older
+    than the archive and still differ from what it packs.
+    """
+    # torch-model-archiver packs --config-file and --handler at the root under their own names.
+    wanted = {model_config_file.name: model_config_file, ENTRY_FILE: handler_package / ENTRY_FILE,
+              **packed_package_files(handler_package)}
+    try:
+        source = read_archive_source(archive)
+        if source is None or not checkpoint.is_file() or source != ArchiveSource.of(checkpoint):
+            return False
+        with zipfile.ZipFile(archive) as packed:
+            code = {name for name in packed.namelist() if name in wanted or name.startswith("handler/")}
+            return code == wanted.keys() and all(packed.read(name) == path.read_bytes() for name, path in wanted.items())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _first_line(text: object) -> str:
@@ -148,7 +180,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help=f"the .mar to write (default: the archive {SERVER_CONFIG} serves)")
     parser.add_argument("--model-config", type=Path, default=MODEL_CONFIG, help="TorchServe model config to pack")
     parser.add_argument("--if-changed", action="store_true",
-                        help="keep the archive when it is newer than the checkpoint, model config and handler files")
+                        help="keep the archive when it packs this checkpoint (same path and sha256), model config "
+                             "and handler files")
     return parser
 
 
@@ -157,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = checkpoint_to_pack(args)
     try:
         output = args.output or read_server_config(SERVER_CONFIG).archive
-        if args.if_changed and archive_is_current(
-            output, inputs=[checkpoint, args.model_config, *sorted(HANDLER_PACKAGE.glob("*.py"))]
-        ):
+        if args.if_changed and archive_is_current(output, checkpoint=checkpoint, model_config_file=args.model_config):
             return 0
         archive = build_archive(checkpoint, output=output, model_config_file=args.model_config)
     except (CheckpointError, ArchiveError, ServerConfigError) as exc:

@@ -3,7 +3,8 @@
 ``python -m scripts.serve start [--config config.properties]``: starts TorchServe in the current folder
 (where it writes ``key_file.json`` and ``logs/``) unless it is already running, restarts it when the
 model archive is newer than the running server, waits until the model answers a real image, and prints
-the worker layout and how to call it (a curl line that reads the inference key from ``key_file.json``). ``python -m scripts.serve stop`` stops it and every worker.
+the checkpoint the archive was packed from, the worker layout and how to call it (a curl line that reads the
+inference key from ``key_file.json``). ``python -m scripts.serve stop`` stops it and every worker.
 TorchServe finds a running server through ``$TMPDIR/.model_server.pid``: start and stop with the same
 ``TMPDIR``.
 """
@@ -30,6 +31,7 @@ from ts.model_server import TS_NAMESPACE
 from client.config import SERVER_CONFIG, ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_keys
 from handler.sizing import WorkerLayout, configured_workers, cpu_cores, worker_layout
+from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
 
 CONSOLE_LOG = Path("logs") / "console.log"
 # TorchServe's logging: each line once, without its per-request DEBUG and INFO lines (the file says why).
@@ -242,18 +244,27 @@ def _serve(config_file: Path, timeout: float) -> int:
         renew_expiring_keys(config, key_file)
     wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, log_dir=start_dir / CONSOLE_LOG.parent)
     keys = read_keys(key_file)
-    _print_usage(config, keys, served_layout(config, keys), time.monotonic() - began)
+    _print_usage(config, keys, served_layout(config, keys), time.monotonic() - began,
+                 source=read_archive_source(config.archive))
     return 0
 
 
-def _print_usage(config: ServerConfig, keys: TorchServeKeys, layout: WorkerLayout, seconds: float) -> None:
-    """How to call the server. The key itself is not printed (terminal logs, screen shares): the curl line
-    reads it from the key file when it runs."""
+def _print_usage(
+    config: ServerConfig, keys: TorchServeKeys, layout: WorkerLayout, seconds: float, *, source: ArchiveSource | None,
+) -> None:
+    """What is served and how to call it. The key itself is not printed (terminal logs, screen shares): the curl
+    line reads it from the key file when it runs.
+
+    Args:
+        source: the checkpoint the archive was packed from (None: an archive without the record).
+    """
     url = config.predictions_url
     examples = sorted(Path("data/synthetic/JPEGImages").glob("*.jpg"))[:1]
     image = examples[0] if examples else Path("photo.jpg")
     read_key = f"python3 -c 'import json; print(json.load(open(\"{KEY_FILE}\"))[\"inference\"][\"key\"])'"
     print(f"TorchServe serves {config.model_name} at {url} (ready after {seconds:.1f} s; logs in logs/).")
+    print(f"Checkpoint: {source.describe()}, packed in {config.archive}." if source is not None else
+          f"Checkpoint: unknown, {config.archive} has no {SOURCE_RECORD} (`make archive` rebuilds it with one).")
     print(f"Workers: {layout.describe()}; set minWorkers/maxWorkers in model/model-config.yaml to change.")
     print(f'  curl -H "Authorization: Bearer $({read_key})" -F data=@{image} {url}')
     print(f"  python -m client.tag {image} --draw out/")

@@ -13,11 +13,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 
 from handler.checkpoint import load_checkpoint, save_checkpoint
 from handler.detector import build_detector_from_config, model_config
-from scripts.make_archive import build_archive
+from scripts import make_archive as make_archive_cli
+from scripts.archive_source import ArchiveSource, read_archive_source
+from scripts.make_archive import archive_is_current, build_archive
 from training.demo import SHIPPED_CHECKPOINT
 from training.synthetic import CLASS_NAMES
 
@@ -58,7 +61,8 @@ def test_archive_holds_each_file_once_and_only_what_serving_reads(tmp_path):
     handler_files = {f"handler/{p.name}" for p in (ROOT / "handler").glob("*.py") if p.name != "tagger_handler.py"}
     assert len(names) == len(set(names))
     assert set(names) == {"MAR-INF/MANIFEST.json", "tagger_handler.py", "model-config.yaml", "Epoch.3.pth",
-                          *handler_files}
+                          "source.json", *handler_files}
+    assert read_archive_source(archive) == ArchiveSource.of(checkpoint)
     assert manifest["model"] == {"modelName": "tagger", "serializedFile": "Epoch.3.pth",
                                  "handler": "tagger_handler.py", "modelVersion": "1.0",
                                  "configFile": "model-config.yaml"}
@@ -130,3 +134,51 @@ def test_cli_refuses_bad_checkpoints_in_one_line_and_keeps_the_old_archive(tmp_p
         assert len(lines) == 1 and lines[0].startswith(start), (args, result.stderr)
     assert output.read_bytes() == b"the previous archive"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".build-")] == []
+
+
+def test_if_changed_rebuilds_for_another_checkpoint_even_an_older_one(tmp_path, capsys):
+    """`make serve OUTPUT=runs/exp2` after serving runs/exp1: the archive is kept only for the checkpoint it
+    packs (resolved path and sha256, recorded in it), whatever the modification times say."""
+    exp1, exp2 = tmp_path / "runs" / "exp1", tmp_path / "runs" / "exp2"
+    first = training_checkpoint(exp1 / "Epoch.3.pth")
+    second = training_checkpoint(exp2 / "Epoch.3.pth")  # other random weights
+    output = tmp_path / "store" / "tagger.mar"
+
+    def serve_archive(model_dir: Path) -> str:
+        status = make_archive_cli.main(["--if-changed", "--model-dir", str(model_dir), "--output", str(output)])
+        assert status == 0
+        return capsys.readouterr().out.strip()
+
+    assert serve_archive(exp1) == f"wrote {output} from {first}"
+    built = output.stat().st_mtime_ns
+    assert serve_archive(exp1) == "" and output.stat().st_mtime_ns == built  # the same checkpoint: kept
+    older = built - 3600 * 10**9
+    os.utime(second, ns=(older, older))
+    assert serve_archive(exp2) == f"wrote {output} from {second}"
+    assert read_archive_source(output) == ArchiveSource(checkpoint=str(second.resolve()),
+                                                        sha256=ArchiveSource.of(second).sha256)
+    # The same path with other bytes and an old time (a checkpoint copied back with `cp -p`): rebuilt too.
+    shutil.copyfile(first, second)
+    os.utime(second, ns=(older, older))
+    assert serve_archive(exp2) == f"wrote {output} from {second}"
+    assert read_archive_source(output).sha256 == ArchiveSource.of(first).sha256
+
+
+@pytest.mark.parametrize("change", ["handler file", "new handler file", "model config"])
+def test_archive_is_stale_when_a_packed_file_differs_whatever_its_time(change, tmp_path):
+    """A handler file or the model config restored from git is older than the archive and still differs."""
+    checkpoint = training_checkpoint(tmp_path / "Epoch.3.pth")
+    package, config = tmp_path / "handler", tmp_path / "model-config.yaml"
+    shutil.copytree(ROOT / "handler", package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(MODEL_CONFIG, config)
+    archive = build_archive(checkpoint, output=tmp_path / "tagger.mar", model_config_file=config,
+                            handler_package=package)
+    inputs = {"checkpoint": checkpoint, "model_config_file": config, "handler_package": package}
+    assert archive_is_current(archive, **inputs)
+    changed = {"handler file": package / "tagging.py", "new handler file": package / "extra.py",
+               "model config": config}[change]
+    with changed.open("a") as file:
+        file.write("\n# changed\n")
+    old = archive.stat().st_mtime_ns - 3600 * 10**9
+    os.utime(changed, ns=(old, old))
+    assert not archive_is_current(archive, **inputs)

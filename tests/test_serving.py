@@ -38,6 +38,7 @@ from client.config import ServerConfig, read_server_config
 from client.keys import KEY_FILE, TorchServeKeys, bearer, read_keys
 from client.tag import tag_images
 from handler.sizing import cpu_cores, worker_layout
+from scripts.archive_source import ArchiveSource
 from scripts.serve import (
     CONSOLE_LOG, renew_expiring_keys, running_server, start_server, stop_server, wait_until_ready,
 )
@@ -403,6 +404,8 @@ def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key
     keys = server.keys()
     assert not {keys.inference, keys.management, keys.api} & set(re.findall(r"\w+", done.stdout))
     assert f"Workers: {LAYOUT.describe()};" in done.stdout
+    served = ArchiveSource.of(ROOT / SHIPPED_CHECKPOINT).describe()
+    assert f"Checkpoint: {served}, packed in {server.config.archive}." in done.stdout.splitlines()
     (curl_line,) = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("curl ")]
     assert curl_line.endswith(f" {server.url}")
     if shutil.which("curl") is None:
