@@ -1,9 +1,13 @@
-# Every target runs inside .venv, which `make setup` builds from requirements.txt (idempotent).
+# Every target runs inside .venv, which `make setup` builds from requirements.txt and requirements-serving.txt
+# (idempotent).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-serving.txt | sha1sum | cut -c1-12)
+# KServe's model server (deploy/kserve/model_server.py) has an environment of its own: tests/test_kserve.py.
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell sha1sum deploy/kserve/requirements-model-server.txt | cut -c1-12)
 
 DATA ?= data/synthetic
 OUTPUT ?= model
@@ -13,12 +17,20 @@ ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-serving.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
-test: setup
+.PHONY: kserve-env
+kserve-env: $(KSERVE_STAMP)
+
+$(KSERVE_STAMP): deploy/kserve/requirements-model-server.txt
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	rm -f $(KSERVE_VENV)/.installed-* && touch $@
+
+test: setup kserve-env
 	$(PY) -m pytest -q tests
 
 # The seed's VGG16 and ResNet50 from the training CLI through the archive to TorchServe. `make test` runs VGG16

@@ -30,6 +30,7 @@ import yaml
 from ts.model_server import load_properties
 
 from handler.checkpoint import CheckpointError
+from handler.sizing import configured_workers
 from scripts.make_archive import ArchiveError, add_checkpoint_arguments, build_archive, checkpoint_to_pack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,10 +123,21 @@ def model_snapshot(model_settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def pod_model_config(text: str) -> str:
-    """``model-config.yaml``'s text with the worker counts of one pod added where it names none."""
+    """``model-config.yaml``'s text with the worker counts of one pod added where it names none.
+
+    A snapshot starts the counts it names as they are, without the check TorchServe applies to a packed
+    model config (``maxWorkers >= minWorkers > 0``, else its default count), so a pair that fails the check
+    is refused here: the handler sizes its threads by the packed config's rule.
+
+    Raises:
+        ValueError: the config names a worker pair TorchServe would not start from an archive.
+    """
     settings = yaml.safe_load(text) or {}
     workers = settings.get("minWorkers", settings.get("maxWorkers", POD_WORKERS))
     added = {key: workers for key in ("minWorkers", "maxWorkers") if key not in settings}
+    if configured_workers({**settings, **added}) != {**settings, **added}["minWorkers"]:
+        raise ValueError(f"minWorkers {settings.get('minWorkers')!r} and maxWorkers {settings.get('maxWorkers')!r} of "
+                         "the model config: a pod needs whole numbers with maxWorkers >= minWorkers > 0")
     if not added:
         return text
     lines = [f"{key}: {value}" for key, value in added.items()]
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = checkpoint_to_pack(args)
     try:
         output = write_bundle(checkpoint, output=args.output)
-    except (CheckpointError, ArchiveError) as exc:
+    except (ValueError, ArchiveError) as exc:  # CheckpointError is a ValueError
         print(f"kserve_bundle: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {output}/ from {checkpoint}: copy it to the InferenceService's storageUri "

@@ -9,8 +9,9 @@ controller (``SetTorchServeDefaults``) make every such pod:
 - ``runAsUser: 1000``, non-root, no privilege escalation;
 - ``TS_SERVICE_ENVELOPE`` = ``kserve`` (protocol v1, the default) or ``kservev2`` (v2), from the label the
   controller always sets, and ``PROTOCOL_VERSION`` = the InferenceService's ``protocolVersion``;
-- ``torchserve --start --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties``,
-  then KServe's model server in front (``deploy/kserve/model_server.py``).
+- ``torchserve --start --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties``
+  (the runtime's args), given to the image's entrypoint (``deploy/kserve/entrypoint.sh``), which then starts
+  KServe's model server in front (``deploy/kserve/model_server.py``).
 
 Here a pod is a network namespace (``ip netns``) joined to the host by a veth pair, and a private mount
 namespace in which a tmpfs holds ``/mnt/models``, a read-only bind of the bundle. Both servers run as uid
@@ -39,7 +40,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE_VENV = ROOT / ".venv-kserve"
-MODEL_SERVER = ROOT / "deploy" / "kserve" / "model_server.py"
+ENTRYPOINT = ROOT / "deploy" / "kserve" / "entrypoint.sh"  # the image's: TorchServe, then the model server
 
 KSERVE_MOUNT = "/mnt/models"
 RUNTIME_COMMAND = [
@@ -164,18 +165,14 @@ def kserve_pod(bundle: Path, *, protocol: str, index: int, torchserve_python: Pa
     env = {
         "PATH": f"{venv_bin}:{os.environ['PATH']}", "HOME": POD_HOME, "TMPDIR": "/tmp",
         "TS_SERVICE_ENVELOPE": SERVICE_ENVELOPES[protocol], "PROTOCOL_VERSION": protocol,
-        "LANG": "C.UTF-8",
+        "KSERVE_PYTHON": str(KSERVE_VENV / "bin" / "python"), "LANG": "C.UTF-8",
     }
-    servers = " && ".join([
-        shlex.join([str(venv_bin / RUNTIME_COMMAND[0]), *RUNTIME_COMMAND[1:]]),
-        "exec " + shlex.join([str(KSERVE_VENV / "bin" / "python"), str(MODEL_SERVER)]),
-    ])
     script = "\n".join([
         *_mount_script(bundle, home, _outermost(needed)),
         f"cd {POD_HOME}",
         "exec " + shlex.join(["setpriv", f"--reuid={RUNTIME_UID}", f"--regid={RUNTIME_UID}", "--clear-groups",
                               "--no-new-privs", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                              "sh", "-c", servers]),
+                              "sh", str(ENTRYPOINT), *RUNTIME_COMMAND]),
     ])
     _run("ip", "netns", "add", name)
     console = (home / "pod-console.log").open("ab")

@@ -26,7 +26,7 @@ from ts.model_server import load_properties
 from ts.version import __version__ as TORCHSERVE_VERSION
 
 from handler.kserve import KServeEnvelope, open_envelope
-from scripts.kserve_bundle import get_args_parser, write_bundle
+from scripts.kserve_bundle import POD_WORKERS, get_args_parser, pod_model_config, write_bundle
 from tests.kserve_pod import (
     KSERVE_MOUNT, MODEL_SERVER_PORT, RUNTIME_COMMAND, RUNTIME_UID, SERVICE_ENVELOPES, Pod, kserve_pod,
     missing_requirements,
@@ -35,6 +35,7 @@ from tests.test_serving import at_once, scene
 
 ROOT = Path(__file__).resolve().parents[1]
 INFERENCE_SERVICES = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
+DOCKERFILE = ROOT / "deploy" / "kserve" / "Dockerfile"
 KSERVE_MODEL_SERVER_PORTS = {MODEL_SERVER_PORT, 8081}
 BATCH_SIZE = yaml.safe_load((ROOT / "model" / "model-config.yaml").read_text())["batchSize"]
 
@@ -129,7 +130,21 @@ def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):
         assert model[key] == packed[key], key
 
 
-def test_inference_services_fit_the_bundle(bundle_config):
+def test_a_pod_runs_the_workers_its_model_config_names_or_one():
+    def workers(text: str) -> tuple[int, int]:
+        settings = yaml.safe_load(pod_model_config(text))
+        return settings["minWorkers"], settings["maxWorkers"]
+
+    assert workers("batchSize: 4\n") == (POD_WORKERS, POD_WORKERS)
+    assert workers("minWorkers: 2\n") == workers("maxWorkers: 2\n") == workers("minWorkers: 2\nmaxWorkers: 2\n") == (2, 2)
+    assert workers("minWorkers: 1\nmaxWorkers: 3\n") == (1, 3)
+    # A snapshot would start these as they are, where an archive's config starts TorchServe's default count.
+    for pair in ("minWorkers: 3\nmaxWorkers: 1\n", "minWorkers: 0\n", "minWorkers: two\n"):
+        with pytest.raises(ValueError, match="maxWorkers >= minWorkers > 0"):
+            pod_model_config(pair)
+
+
+def test_inference_services_fit_the_bundle_and_the_image(bundle_config):
     services = list(yaml.safe_load_all(INFERENCE_SERVICES.read_text()))
     assert [s["kind"] for s in services] == ["InferenceService"] * 2
     metrics_port = str(urlparse(bundle_config["metrics_address"]).port)
@@ -138,19 +153,28 @@ def test_inference_services_fit_the_bundle(bundle_config):
     for service in services:
         metadata, predictor = service["metadata"], service["spec"]["predictor"]
         model = predictor["model"]
-        assert "serviceEnvelope" not in metadata.get("labels", {}), metadata["name"]
-        assert metadata["annotations"]["prometheus.kserve.io/port"] == metrics_port
-        assert metadata["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+        annotations = metadata["annotations"]
+        # TorchServe's metrics reach Prometheus through queue-proxy's aggregation, which scrapes this port.
+        assert annotations["serving.kserve.io/enable-metric-aggregation"] == "true"
+        assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+        assert annotations["prometheus.kserve.io/port"] == metrics_port
+        assert annotations["prometheus.kserve.io/path"] == "/metrics"
         assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] in ("v1", "v2")
-        assert model["runtimeVersion"].split("-")[0] == TORCHSERVE_VERSION  # the image of the pinned TorchServe
+        # The image of deploy/kserve/Dockerfile, tagged with the pinned TorchServe, in place of the runtime's.
+        assert "runtimeVersion" not in model and model["image"].rsplit(":", 1)[1] == TORCHSERVE_VERSION
         storage = urlparse(model["storageUri"])
         assert storage.scheme in ("pvc", "gs", "s3") and Path(storage.path).name == bundle_folder
         assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
         limits, requests_ = model["resources"]["limits"], model["resources"]["requests"]
         gpus.append(int(limits.get("nvidia.com/gpu", 0)))
         assert int(requests_.get("nvidia.com/gpu", 0)) == gpus[-1]
-        assert model["runtimeVersion"].endswith("-gpu") == (gpus[-1] > 0)
     assert sorted(gpus) == [0, 1]  # a CPU and a GPU variant
+
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(rf"^ARG RUNTIME_IMAGE=pytorch/torchserve-kfs:{re.escape(TORCHSERVE_VERSION)}$", dockerfile, re.M)
+    copied = [path for line in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M) for path in line.split()]
+    assert copied and all((ROOT / path).is_file() for path in copied), copied
+    assert "requirements-serving.txt" in copied and "deploy/kserve/requirements-model-server.txt" in copied
 
 
 def predict(pod: Pod, image: bytes, **options) -> requests.Response:
@@ -206,6 +230,18 @@ def test_options_travel_through_kserve(pod):
     if pod.protocol == "v2":  # a v2 request's own id comes back
         answer = requests.post(f"{pod.model_server_url}/v2/models/tagger/infer", json=v2_body(image, request_id="req-1"))
         assert answer.json()["id"] == "req-1" and v2_result(answer) == default
+
+
+def test_a_v1_service_takes_both_bodies_a_v2_service_only_v2(pod):
+    """What protocolVersion decides (KServe's model server forwards each body as its protocol says)."""
+    image, _ = scene(7003)
+    v1 = requests.post(f"{pod.model_server_url}/v1/models/tagger:predict", json=v1_body(image, format="list"))
+    v2 = requests.post(f"{pod.model_server_url}/v2/models/tagger/infer", json=v2_body(image, format="list"))
+    assert v2_result(v2) == tagger_response(pod, predict(pod, image, format="list"))
+    if pod.protocol == "v1":
+        assert v1.json()["predictions"] == [v2_result(v2)]
+    else:  # it expects "outputs" in what TorchServe answers a v1 body
+        assert v1.status_code == 500 and v1.json() == {"error": "KeyError : 'outputs'"}
 
 
 def test_the_pod_runs_as_kserve_runs_it(pod):

@@ -1,0 +1,9 @@
+#!/bin/sh
+# The entrypoint of deploy/kserve/Dockerfile's image, called with the ClusterServingRuntime's args
+# ("torchserve --start --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties"),
+# as the runtime image's own entrypoint is: TorchServe starts (the launcher returns once its front end runs),
+# then KServe's model server answers on 8080 in the foreground, from its own environment (KSERVE_PYTHON), so
+# the container lives as long as it does.
+set -e
+"$@"
+exec "${KSERVE_PYTHON:-/opt/kserve/bin/python}" "$(dirname "$0")/model_server.py"
