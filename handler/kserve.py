@@ -1,8 +1,8 @@
 """KServe's v1 and v2 request bodies around the tagger's one-image JSON request, and the answers back.
 
 On Kubernetes, KServe's TorchServe runtime puts its own model server in front of TorchServe: it takes
-``POST /v1/models/tagger:predict`` and ``POST /v2/models/tagger/infer`` and forwards the JSON body to
-TorchServe's ``/predictions/tagger`` (TorchServe's front end takes the same two URLs itself). The handler reads
+``POST /v1/models/tagger:predict`` and ``POST /v2/models/tagger/infer`` and forwards the JSON body to the same
+URL of TorchServe's front end (``application/json``; a v2 body re-serialised by KServe). The handler reads
 both bodies here, one request at a time, so batching and per-request errors work as for every other upload:
 
 - v1 ``{"instances": [{"data": "<base64>", "format": "list", "threshold": 0.3}]}`` (an instance may also be
@@ -11,7 +11,8 @@ both bodies here, one request at a time, so batching and per-request errors work
   "parameters": {"format": "list"}}`` is answered with one BYTES output holding the response as JSON text.
 
 One image per request, as for the other uploads (TorchServe batches concurrent requests). TorchServe's own
-``service_envelope`` (kserve, kservev2) is not used: it reads only the first request of a batch.
+``service_envelope`` (kserve, kservev2) is not used: it reads only the first request of a batch and answers
+the batch once, so the KServe bundle keeps KServe's ``TS_SERVICE_ENVELOPE`` out (scripts/kserve_bundle.py).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def open_envelope(row: Any) -> tuple[Any, KServeEnvelope | None]:
     """
     body = row.get("body") if isinstance(row, Mapping) else None
     if isinstance(body, (bytes, bytearray)) and bytes(body[:64]).lstrip()[:1] == b"{":
-        # TorchServe parses only "application/json" exactly; KServe's model server adds "; charset=UTF-8".
+        # TorchServe parses only "application/json" exactly: with a charset the JSON arrives as bytes.
         try:
             body = json.loads(bytes(body).decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply

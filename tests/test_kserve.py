@@ -82,7 +82,7 @@ def v2_result(answer: requests.Response):
 def test_kserve_bodies_open_into_the_plain_json_request_and_other_rows_pass():
     plain_json, image = {"body": {"data": "QUJD"}}, {"body": bytearray(b"\xff\xd8\xff\xe0 a JPEG")}
     assert open_envelope(plain_json) == (plain_json, None) and open_envelope(image) == (image, None)
-    # As KServe's model server forwards it: JSON with a charset, which TorchServe hands over as bytes.
+    # JSON with a charset (as some clients send it), which TorchServe hands over as bytes.
     assert open_envelope({"body": bytearray(b'{"instances": ["QUJD"]}')}) == (
         {"body": {"data": "QUJD"}}, KServeEnvelope(protocol="v1"))
     # v2 options: the request's parameters, overridden by the input's own.
