@@ -160,8 +160,9 @@ def kserve_pod(bundle: Path, *, protocol: str, index: int, torchserve_python: Pa
     os.chown(home, RUNTIME_UID, RUNTIME_UID)
     _readable_by_all(bundle)
     venv_bin = torchserve_python.parent
+    # The repository (the entrypoint, .venv-kserve), TorchServe's environment, and the Pythons both link to.
     interpreters = [torchserve_python.resolve(), (KSERVE_VENV / "bin" / "python").resolve()]
-    needed = [ROOT, Path(sys.base_prefix).resolve(), *(python.parent.parent for python in interpreters)]
+    needed = [ROOT, venv_bin.parent, Path(sys.base_prefix).resolve(), *(python.parent.parent for python in interpreters)]
     env = {
         "PATH": f"{venv_bin}:{os.environ['PATH']}", "HOME": POD_HOME, "TMPDIR": "/tmp",
         "TS_SERVICE_ENVELOPE": SERVICE_ENVELOPES[protocol], "PROTOCOL_VERSION": protocol,
