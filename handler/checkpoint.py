@@ -131,12 +131,15 @@ def model_from_checkpoint(state: Mapping[str, Any]) -> FasterRCNN:
     return model
 
 
+def epoch_checkpoints(folder: str | os.PathLike) -> dict[int, Path]:
+    """The ``Epoch.N.pth`` files in ``folder`` by N."""
+    return {int(m.group(1)): p for p in Path(folder).glob("Epoch.*.pth") if (m := _EPOCH_FILE.match(p.name))}
+
+
 def newest_checkpoint(folder: str | os.PathLike) -> Path | None:
     """The ``Epoch.N.pth`` in ``folder`` with the largest N, or None."""
-    found = [
-        (int(m.group(1)), p) for p in Path(folder).glob("Epoch.*.pth") if (m := _EPOCH_FILE.match(p.name))
-    ]
-    return max(found)[1] if found else None
+    found = epoch_checkpoints(folder)
+    return found[max(found)] if found else None
 
 
 def _save_atomically(state: dict, path: Path) -> Path:

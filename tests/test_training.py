@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from handler.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from handler.detector import build_detector_from_config, model_config
 from tests.conftest import DEMO_TRAIN_ARGS, ROOT, TEST_EPOCHS, run_module
 from training.demo import DEMO_RECIPE
+from training.events import CURVES_FILE, read_scalars
 from training.synthetic import CLASS_NAMES
 from training.train import restore_training_state
 
@@ -287,3 +289,36 @@ def test_backbone_weights_file_is_loaded_into_the_backbone(synthetic_data, tmp_p
     # With lr 0 the training step changes nothing: the backbone holds exactly the file's weights.
     assert torch.equal(state["model"]["backbone.0.weight"], weights["features.0.weight"])
     assert torch.equal(state["model"]["backbone.28.bias"], weights["features.28.bias"])
+
+
+# The smallest run the tests make: the demo backbone, two images a step, a few steps, no validation.
+TINY_RUN_ARGS = ["--backbone", "demo", "--batch-size", "2", "--workers", "0", "--no-progress", "--val-split", ""]
+
+
+def test_a_diverged_run_keeps_its_events_and_curves_up_to_the_failure(synthetic_data, tmp_path):
+    """A learning rate far too high makes the loss NaN within a few steps of epoch 1: the steps before it are the
+    ones a user needs, in the TensorBoard events and in curves.png, though no epoch ended."""
+    result = run_module("training.train", "--data", synthetic_data, "--epochs", 2, "--max-steps-per-epoch", 8,
+                        "--output-dir", tmp_path, *TINY_RUN_ARGS, "--lr", "1e4")
+    assert result.returncode == 1
+    (error,) = result.stderr.strip().splitlines()
+    failed = re.match(r"error: loss became (nan|inf|-inf) at epoch 1 step (\d+) ", error)
+    assert failed, result.stderr[-3000:]
+    steps, losses = read_scalars(tmp_path)["train/loss"]
+    assert steps == list(range(1, int(failed[2]) + 1)) and all(math.isfinite(loss) for loss in losses)
+    assert (tmp_path / CURVES_FILE).stat().st_size > 0
+    assert not list(tmp_path.glob("Epoch.*.pth"))
+
+
+def test_keep_last_deletes_older_checkpoints_and_the_start_says_what_each_takes(synthetic_data, tmp_path):
+    result = run_module("training.train", "--data", synthetic_data, "--epochs", 3, "--max-steps-per-epoch", 2,
+                        "--output-dir", tmp_path, *TINY_RUN_ARGS, "--keep-last", 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("Epoch.*.pth")) == ["Epoch.2.pth", "Epoch.3.pth"]
+    lines = result.stdout.splitlines()
+    assert [line.endswith("(deleted Epoch.1.pth)") for line in lines if line.startswith("epoch ")] == [
+        False, False, True]
+    (size_line,) = [line for line in lines if line.startswith("each checkpoint takes about ")]
+    estimate = float(re.match(r"each checkpoint takes about ([\d.]+) MB \(estimated: weights", size_line)[1])
+    assert estimate == pytest.approx((tmp_path / "Epoch.3.pth").stat().st_size / 1e6, rel=0.02)
+    assert re.search(r"; --keep-last 2 keeps the newest 2: at most [\d.]+ MB$", size_line), size_line

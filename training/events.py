@@ -6,7 +6,8 @@
 The training CLI writes, on rank 0 only: each step's losses and LR (``train/*``, numbered over the whole run),
 each epoch's mAP (``val/map50``, ``val/map``), and a few validation images with their predicted boxes
 (``val/predictions/N``). After each epoch it redraws ``curves.png`` from the event files, so the picture also
-holds the epochs before a ``--resume``.
+holds the epochs before a ``--resume``; a run that fails inside an epoch (a diverged loss) still ends with
+its events written and the picture redrawn, up to the last step before the failure.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class TrainingCurves:
         self.class_names = list(class_names)
         self.score_threshold = score_threshold
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        self._steps_not_drawn = False  # steps logged since curves.png was last drawn
 
     def log_step(self, epoch: int, step: int, losses: Mapping[str, float], lr: float) -> None:
         """One training step (``step`` counts from 0 in each epoch)."""
@@ -56,6 +58,7 @@ class TrainingCurves:
         for name, value in losses.items():
             self.writer.add_scalar(f"train/{name}", value, run_step)
         self.writer.add_scalar("train/lr", lr, run_step)
+        self._steps_not_drawn = True
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, Any] | None, model: torch.nn.Module,
                   val_set: DetectionDataset | None, device: torch.device) -> Path:
@@ -67,10 +70,15 @@ class TrainingCurves:
             for number, picture in enumerate(self._predictions(model, val_set, device)):
                 self.writer.add_image(f"val/predictions/{number}", np.asarray(picture), epoch, dataformats="HWC")
         self.writer.flush()
+        self._steps_not_drawn = False
         return draw_curves(self.log_dir)
 
     def close(self) -> None:
+        """Writes the events still buffered (the writer keeps up to two minutes of them) and redraws curves.png
+        when steps came after the last epoch's picture: a failed run keeps the steps before its failure."""
         self.writer.close()
+        if self._steps_not_drawn:
+            draw_curves(self.log_dir)
 
     @torch.inference_mode()
     def _predictions(self, model: torch.nn.Module, val_set: DetectionDataset, device: torch.device) -> list:

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from handler.checkpoint import (CheckpointError, checkpoint_name, load_checkpoint, model_from_checkpoint,
-                                save_checkpoint)
+from handler.checkpoint import (CheckpointError, checkpoint_name, epoch_checkpoints, load_checkpoint,
+                                model_from_checkpoint, save_checkpoint)
 from handler.detector import BACKBONES, build_detector_from_config, model_config
 from handler.settings import ServingSettings
 from training import utils
@@ -80,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="do not batch landscape and portrait images apart")
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
     parser.add_argument("--output-dir", default="model", help="where Epoch.N.pth and log.jsonl go")
+    parser.add_argument("--keep-last", type=int, default=None, metavar="N",
+                        help="after each Epoch.N.pth is written, delete the older ones of --output-dir but the "
+                             "newest N (default: keep all)")
     parser.add_argument("--resume", default=None,
                         help="Epoch.N.pth, a serving copy or a .mar to continue from (at epoch N+1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -161,6 +164,42 @@ def read_resume_checkpoint(path: str) -> dict:
                 with tempfile.TemporaryDirectory() as folder:
                     return load_checkpoint(archive.extract(packed, folder))
     return load_checkpoint(path)
+
+
+def checkpoint_size_line(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
+                         keep_last: int | None) -> str:
+    """The disk each Epoch.N.pth will take, estimated before any is written: the model's state dict plus SGD's
+    momentum buffer (one per trainable parameter, same size); the zip container adds a few kB.
+
+    Args:
+        epochs: the epochs this run writes.
+        keep_last: ``--keep-last``; None keeps all.
+    """
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+    momentum = sum(parameter.numel() * parameter.element_size() for group in optimizer.param_groups
+                   if group.get("momentum") for parameter in group["params"])
+    each = weights + momentum
+    kept = (f"--keep-last {keep_last} keeps the newest {keep_last}: at most {_disk_size(keep_last * each)}"
+            if keep_last is not None else
+            f"{epochs} epoch{'s' if epochs != 1 else ''} write {_disk_size(epochs * each)} (--keep-last N keeps "
+            "the newest N)")
+    return (f"each checkpoint takes about {_disk_size(each)} (estimated: weights {_disk_size(weights)} + SGD "
+            f"momentum {_disk_size(momentum)}); {kept}")
+
+
+def _disk_size(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def remove_older_checkpoints(folder: Path, *, written: int, keep_last: int) -> list[Path]:
+    """Deletes ``Epoch.M.pth`` files with M < ``written`` so that the newest ``keep_last`` remain, the one just
+    written among them; files numbered above it (another run's) are left alone. Returns the deleted files."""
+    found = epoch_checkpoints(folder)
+    older = sorted(epoch for epoch in found if epoch < written)
+    removed = [found[epoch] for epoch in older[:max(0, len(older) - (keep_last - 1))]]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def restore_training_state(
@@ -246,47 +285,54 @@ def train(args: argparse.Namespace) -> dict:
         print(f"training {config['backbone']} on {len(train_set)} images of {len(class_names)} classes "
               f"({world} process{'es' if world > 1 else ''}, {device}), epochs {start_epoch}..{args.epochs}; "
               f"data: {train_set.layout}" + ("" if resumed else f"; backbone weights: {args.backbone_weights}"))
+        print(checkpoint_size_line(model_without_ddp, optimizer, epochs=args.epochs - start_epoch + 1,
+                                   keep_last=args.keep_last))
     record: dict = {}
     unreadable: Counter[str] = Counter()  # image -> epochs in which it was skipped
-    for epoch in range(start_epoch, args.epochs + 1):
-        if distributed:
-            sampler.set_epoch(epoch)
-        started = time.perf_counter()
-        result = train_one_epoch(
-            model, optimizer, train_loader, device, epoch,
-            warmup_iters=args.warmup_iters if epoch == 1 else 0, scaler=scaler,
-            max_steps=args.max_steps_per_epoch, show_progress=args.progress and main,
-            on_step=(lambda step, losses, lr: curves.log_step(epoch, step, losses, lr)) if curves else None)
-        lr_scheduler.step()
-        record = {"epoch": epoch, **result.losses, "lr": result.lr, "steps": result.steps,
-                  "unreadable_images": result.unreadable_images, "train_seconds": time.perf_counter() - started}
-        unreadable.update(result.unreadable_images)
-        metrics = evaluate(model_without_ddp, val_loader, device, class_names) if val_loader is not None else None
-        if main:
-            if metrics is not None:
-                record.update(map50=metrics["map50"], map=metrics["map"],
-                              val_unreadable_images=metrics["unreadable_images"])
-                unreadable.update(metrics["unreadable_images"])
-                print(format_metrics_table(metrics))
-            path = save_checkpoint(
-                output_dir / checkpoint_name(epoch), model=model_without_ddp, model_config=config,
-                class_names=class_names, epoch=epoch, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                scaler=scaler, args=vars(args))
-            with open(output_dir / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-            curves.end_epoch(epoch, metrics, model_without_ddp,
-                             val_loader.dataset if val_loader is not None else None, device)
-            print(f"epoch {epoch}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
-                  + (f", mAP@0.5 {record['map50']:.3f}" if "map50" in record else "") + f" -> {path}")
-        utils.barrier()
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            if distributed:
+                sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            result = train_one_epoch(
+                model, optimizer, train_loader, device, epoch,
+                warmup_iters=args.warmup_iters if epoch == 1 else 0, scaler=scaler,
+                max_steps=args.max_steps_per_epoch, show_progress=args.progress and main,
+                on_step=(lambda step, losses, lr: curves.log_step(epoch, step, losses, lr)) if curves else None)
+            lr_scheduler.step()
+            record = {"epoch": epoch, **result.losses, "lr": result.lr, "steps": result.steps,
+                      "unreadable_images": result.unreadable_images, "train_seconds": time.perf_counter() - started}
+            unreadable.update(result.unreadable_images)
+            metrics = evaluate(model_without_ddp, val_loader, device, class_names) if val_loader is not None else None
+            if main:
+                if metrics is not None:
+                    record.update(map50=metrics["map50"], map=metrics["map"],
+                                  val_unreadable_images=metrics["unreadable_images"])
+                    unreadable.update(metrics["unreadable_images"])
+                    print(format_metrics_table(metrics))
+                path = save_checkpoint(
+                    output_dir / checkpoint_name(epoch), model=model_without_ddp, model_config=config,
+                    class_names=class_names, epoch=epoch, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                    scaler=scaler, args=vars(args))
+                removed = ([] if args.keep_last is None else
+                           remove_older_checkpoints(output_dir, written=epoch, keep_last=args.keep_last))
+                with open(output_dir / "log.jsonl", "a") as log:
+                    log.write(json.dumps(record) + "\n")
+                curves.end_epoch(epoch, metrics, model_without_ddp,
+                                 val_loader.dataset if val_loader is not None else None, device)
+                print(f"epoch {epoch}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
+                      + (f", mAP@0.5 {record['map50']:.3f}" if "map50" in record else "") + f" -> {path}"
+                      + (f" (deleted {', '.join(old.name for old in removed)})" if removed else ""))
+            utils.barrier()
+    finally:  # a failed run keeps its events and curves.png up to the failure
+        if curves:
+            curves.close()
     if unreadable:  # only rank 0 has the names
         names = [f"  {name}: skipped in {count} epoch{'s' if count > 1 else ''}"
                  for name, count in unreadable.most_common(UNREADABLE_SHOWN)]
         more = len(unreadable) - len(names)
         print(f"{len(unreadable)} unreadable image{'s' if len(unreadable) > 1 else ''} skipped "
               f"(log.jsonl lists them per epoch):", *names, *([f"  and {more} more"] if more else []), sep="\n")
-    if curves:
-        curves.close()
     return record
 
 
@@ -295,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume is None and args.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {args.backbone!r}; choose one of: {', '.join(BACKBONES)}")
+        if args.keep_last is not None and args.keep_last < 1:
+            raise ValueError(f"--keep-last must be 1 or more, got {args.keep_last}")
         train(args)
     except (StepFailedError, NonFiniteLossError) as exc:
         # Raised by every process together: rank 0 says it once; the process that failed adds its traceback.
