@@ -8,7 +8,7 @@ from PIL import Image
 
 from client.draw import label_color
 from tests.conftest import run_module
-from tests.test_datasets import RACCOON, build_malformed_exif_voc, build_messy_flat_voc, write_image
+from tests.test_datasets import RACCOON, build_malformed_exif_voc, build_messy_flat_voc, write_image, write_voc_xml
 from training import inspect
 
 
@@ -79,3 +79,25 @@ def test_data_that_cannot_train_exits_with_1_and_says_why(case, reason, capsys, 
     code, out = run_inspect(capsys, root, "--sheet", tmp_path / "s.png")
     assert code == 1
     assert out.splitlines()[-1].startswith("cannot train: ") and reason in out.splitlines()[-1]
+
+
+def test_a_class_of_boxes_too_small_for_the_anchors_is_warned_with_the_overrides_that_fit_it(capsys, tmp_path):
+    """12 px specks in 640x480 photos are 8 px in the demo model's input, under half its 32 px anchor."""
+    root = tmp_path / "specks"
+    for number in range(3):
+        name = f"photo{number}.jpg"
+        write_image(root / "images" / name, Image.new("RGB", (640, 480), (200, 180, 190)))
+        x = 100 + 50 * number
+        write_voc_xml(root / "annotations" / f"photo{number}.xml", name, (640, 480),
+                      [("speck", (x, 200, x + 11, 211), False), ("cell", (300, 100, 399, 199), False)])
+    options = ["--backbone", "demo", "--train-split", "all", "--val-split", "", "--sheet", tmp_path / "s.png"]
+    code, out = run_inspect(capsys, root, *options)
+    assert code == 0, out
+    warnings = [line for line in out.splitlines() if "warning:" in line]
+    assert warnings == [
+        "  warning: speck boxes (median 8 px) are under half the smallest anchor (32 px): no anchor matches them "
+        "well (IoU < 0.25 even when centred); --model-override anchor_sizes=[16,32,64,128], or a larger input: "
+        "--model-override min_size=640 --model-override max_size=960"]
+    for fix in (["anchor_sizes=[16,32,64,128]"], ["min_size=640", "max_size=960"]):  # each suggestion fits
+        code, out = run_inspect(capsys, root, *options, *[a for value in fix for a in ("--model-override", value)])
+        assert code == 0 and "warning:" not in out, out

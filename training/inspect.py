@@ -91,24 +91,26 @@ def count_table(splits: list[SplitReport], class_names: list[str]) -> list[str]:
 
 
 def box_size_lines(dataset: DetectionDataset, config: dict) -> list[str]:
-    """Box sizes (square root of the area) in the model's input pixels, against its anchor sizes."""
+    """Box sizes (square root of the area) in the model's input pixels, against its anchor sizes.
+
+    A box under half the smallest anchor overlaps it by IoU < 0.25 even when centred on it, below the RPN's
+    background threshold (0.3): only its one best anchor is a positive, every other anchor around it is taught
+    background. A class whose median box is that small gets a warning naming the override that fits it.
+    """
     min_size, max_size, anchors = config["min_size"], config["max_size"], sorted(config["anchor_sizes"])
-    sides = []
+    sides_by_class: dict[str, list[float]] = {name: [] for name in dataset.class_names}
     for record in dataset.records:
         # GeneralizedRCNNTransform: the short side to min_size unless the long side would pass max_size.
         scale = min(min_size / min(record.width, record.height), max_size / max(record.width, record.height))
-        sides += [math.sqrt((x2 - x1) * (y2 - y1)) * scale for x1, y1, x2, y2 in record.boxes]
+        for (x1, y1, x2, y2), label in zip(record.boxes, record.labels):
+            sides_by_class[dataset.class_names[label - 1]].append(math.sqrt((x2 - x1) * (y2 - y1)) * scale)
     lines = [f"box sizes (square root of the area) in the {config['backbone']} model's input: short side "
              f"{min_size} px, long side at most {max_size} px, anchors {', '.join(map(str, anchors))} px"]
+    sides = sorted(side for class_sides in sides_by_class.values() for side in class_sides)
     if not sides:
         return lines + ["  no boxes"]
-    sides.sort()
-
-    def at(fraction: float) -> float:
-        return sides[min(len(sides) - 1, int(fraction * len(sides)))]
-
-    lines.append(f"  min {sides[0]:.0f}, 10% {at(0.1):.0f}, median {at(0.5):.0f}, 90% {at(0.9):.0f}, "
-                 f"max {sides[-1]:.0f} px ({len(sides)} training boxes)")
+    lines.append(f"  min {sides[0]:.0f}, 10% {_at(sides, 0.1):.0f}, median {_at(sides, 0.5):.0f}, "
+                 f"90% {_at(sides, 0.9):.0f}, max {sides[-1]:.0f} px ({len(sides)} training boxes)")
     small = sum(side < anchors[0] / 2 for side in sides)
     large = sum(side > anchors[-1] * 2 for side in sides)
     if small:
@@ -116,7 +118,30 @@ def box_size_lines(dataset: DetectionDataset, config: dict) -> list[str]:
                      "(--model-override anchor_sizes=[...] or min_size=...)")
     if large:
         lines.append(f"  over twice the largest anchor, matching no anchor well: {_boxes(large, len(sides))}")
+    for name, class_sides in sides_by_class.items():
+        median = _at(sorted(class_sides), 0.5) if class_sides else None
+        if median is not None and median < anchors[0] / 2:
+            lines.append(f"  warning: {name} boxes (median {median:.0f} px) are under half the smallest anchor "
+                         f"({anchors[0]} px): no anchor matches them well (IoU < 0.25 even when centred); "
+                         + _small_box_fix(median, config))
     return lines
+
+
+def _at(sorted_values: list[float], fraction: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+def _small_box_fix(median: float, config: dict) -> str:
+    """The overrides that bring a box side of ``median`` px to half the smallest anchor or more."""
+    anchors = sorted(config["anchor_sizes"])
+    halves: list[int] = []
+    while median < (halves or anchors)[0] / 2 and (halves or anchors)[0] >= 2:
+        halves.insert(0, (halves or anchors)[0] // 2)
+    # Or a larger input: sizes scaled by the factor that brings the median to half the smallest anchor.
+    factor = anchors[0] / 2 / median
+    min_size, max_size = (32 * math.ceil(config[key] * factor / 32) for key in ("min_size", "max_size"))
+    return (f"--model-override anchor_sizes=[{','.join(map(str, halves + anchors))}], or a larger input: "
+            f"--model-override min_size={min_size} --model-override max_size={max_size}")
 
 
 def _boxes(count: int, total: int) -> str:
