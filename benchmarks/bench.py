@@ -47,6 +47,7 @@ import torch
 
 from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, KeyFileError, bearer, read_keys
+from handler.core_sharing import busy_threads, record_folder
 from handler.decode import ImageError
 from handler.sizing import cpu_cores
 from handler.tagging import Tagger, detections_above, format_response
@@ -57,6 +58,7 @@ from training.synthetic import render_image
 IMAGE_SIZES = ((320, 320), (480, 480), (640, 480), (480, 640), (800, 600), (1280, 960))
 LARGE_PHOTO = (4000, 3000)  # 12 MP, a phone photo
 PARTS = ("bare", "baseline", "served")
+SAMPLE_S = 0.01  # how often the busy workers' threads are sampled
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Measurement:
     latencies: list[float]
     # Percent of a core each watched process used during the phase (``run_clients``'s ``watch``).
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    # Torch threads of the busy workers together, sampled every SAMPLE_S (``run_clients``'s ``busy_record``).
+    threads_in_use: list[int] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -208,9 +212,11 @@ def _baseline_server(checkpoint: str, device: str, ready) -> None:
 # ---- load generator ----
 
 def run_clients(url: str, jpegs: list[bytes], *, clients: int, seconds: float, headers: dict[str, str],
-                name: str, watch: dict[str, psutil.Process] | None = None) -> Measurement:
+                name: str, watch: dict[str, psutil.Process] | None = None,
+                busy_record: Path | None = None) -> Measurement:
     """``clients`` closed-loop clients for ``seconds``; every answer must be 200. ``watch`` names processes
-    whose CPU use is measured over the phase."""
+    whose CPU use is measured over the phase; ``busy_record`` is the workers' record of busy cores
+    (handler/core_sharing.py), sampled over the phase."""
     start = threading.Barrier(clients)
     headers = {"Content-Type": "image/jpeg", **headers}
     target = urlsplit(url)
@@ -243,14 +249,27 @@ def run_clients(url: str, jpegs: list[bytes], *, clients: int, seconds: float, h
         return latencies
 
     watch = watch or {}
+    threads_in_use: list[int] = []
+    phase_over = threading.Event()
+
+    def sample_threads() -> None:
+        while busy_record is not None and not phase_over.wait(SAMPLE_S):
+            threads_in_use.append(sum(busy_threads(busy_record)))
+
+    sampler = threading.Thread(target=sample_threads, daemon=True)
     cpu_before = _cpu_seconds(watch)
     began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        latencies = [t for each in pool.map(client, range(clients)) for t in each]
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            latencies = [t for each in pool.map(client, range(clients)) for t in each]
+    finally:
+        phase_over.set()
+        sampler.join()
     elapsed = time.perf_counter() - began
     cpu_percent = {label: 100 * (used - cpu_before[label]) / elapsed for label, used in _cpu_seconds(watch).items()}
     return Measurement(name=name, images=len(latencies), seconds=elapsed, latencies=latencies,
-                       cpu_percent=cpu_percent)
+                       cpu_percent=cpu_percent, threads_in_use=threads_in_use)
 
 
 def _cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
@@ -259,10 +278,25 @@ def _cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 def measure_server(url: str, jpegs: list[bytes], *, clients: list[int], seconds: float, headers: dict[str, str],
-                   name: str, watch: dict[str, psutil.Process] | None = None) -> dict[int, Measurement]:
+                   name: str, watch: dict[str, psutil.Process] | None = None,
+                   busy_record: Path | None = None) -> dict[int, Measurement]:
     run_clients(url, jpegs, clients=max(clients), seconds=min(seconds, 2.0), headers=headers, name="warm-up")
     return {count: run_clients(url, jpegs, clients=count, seconds=seconds, headers=headers,
-                               name=f"{name}, {_count(count, 'client')}", watch=watch) for count in clients}
+                               name=f"{name}, {_count(count, 'client')}", watch=watch, busy_record=busy_record)
+            for count in clients}
+
+
+def threads_line(served: dict[int, Measurement], *, cores: int) -> str:
+    """The torch threads the busy workers ran together in each phase, against the cores."""
+    phases = []
+    for count, measurement in served.items():
+        samples = measurement.threads_in_use
+        if samples:
+            over = sum(1 for threads in samples if threads > cores) / len(samples)
+            phases.append(f"{_count(count, 'client')}: mean {statistics.fmean(samples):.2f}, max {max(samples)}, "
+                          f"over {cores} in {100 * over:.1f}% of samples")
+    return (f"torch threads of the busy workers, sampled every {SAMPLE_S * 1000:.0f} ms: " + "; ".join(phases)
+            if phases else "torch threads: the workers keep a fixed count (no busy record)")
 
 
 def loaded_clients(clients: list[int]) -> int:
@@ -384,19 +418,22 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
             layout = served_layout(config, keys)
             described = requests.get(f"{config.management_url}/models/{config.model_name}",
                                      headers=bearer(keys.management)).json()[0]
-            name = (f"TorchServe {layout.workers}x{layout.torch_threads}, batch {described['batchSize']}, "
+            threads = f"{layout.torch_threads}-{layout.cores}" if layout.follows_load else layout.torch_threads
+            name = (f"TorchServe {layout.workers}x{threads}, batch {described['batchSize']}, "
                     f"delay {described['maxBatchDelay']} ms")
             auth = bearer(keys.inference)
             # Who shares the cores with the model workers: the Java front end and this load generator.
             watch = {"front end (Java)": running_server(), "load generator": psutil.Process()}
             watch.update({f"worker {n}": worker for n, worker in enumerate(torchserve_workers())})
+            busy_record = record_folder(watch["front end (Java)"].pid) if layout.follows_load else None
             served = measure_server(config.predictions_url, jpegs, clients=clients, seconds=args.seconds,
-                                    headers=auth, name=name, watch=watch)
+                                    headers=auth, name=name, watch=watch, busy_record=busy_record)
             for measurement in served.values():
                 print(measurement.row())
             loaded_phase = served[loaded_clients(clients)]
             print(f"CPU, % of a core, {loaded_phase.name.rsplit(', ', 1)[1]}: "
                   + ", ".join(f"{label} {percent:.1f}" for label, percent in loaded_phase.cpu_percent.items()))
+            print(threads_line(served, cores=cores))
             peak = max(_status_kb(worker.pid, "VmHWM") for worker in torchserve_workers()) / 1024
             photo = generate_jpegs(1, seed=1, sizes=(LARGE_PHOTO,))[0]
             added = rss_added_by(config.predictions_url, photo, headers=auth)
@@ -412,10 +449,10 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
                          served[loaded].images_per_second / baseline[loaded].images_per_second, ">= 1.25"))
     if served and bare_best:
         print(ratio_line(f"served {loaded} clients / bare best img/s",
-                         served[loaded].images_per_second / bare_best.images_per_second, ">= 0.9"))
+                         served[loaded].images_per_second / bare_best.images_per_second, ">= 0.95"))
     if served and baseline and 1 in clients:
         print(ratio_line("lone request p50, served / baseline",
-                         served[1].latency_ms(0.5) / baseline[1].latency_ms(0.5), "<= 1.5"))
+                         served[1].latency_ms(0.5) / baseline[1].latency_ms(0.5), "<= 1.1"))
     return 0
 
 

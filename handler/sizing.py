@@ -33,11 +33,17 @@ class WorkerLayout:
     torch_threads: int
     cores: int
     gpus: int
+    # CPU workers whose threads follow the load (handler/core_sharing.py): ``torch_threads`` each when all
+    # are busy, up to every core for a worker busy alone. False on GPUs, for one worker, or with the
+    # handler's explicit ``torch_threads`` setting.
+    follows_load: bool = False
 
     def describe(self) -> str:
-        """E.g. "2 workers x 1 torch thread (2 CPU cores)"."""
+        """E.g. "2 workers x 1 torch thread (2 CPU cores)", "2 workers x 1 torch thread, 2 when busy alone (...)"."""
         workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}"
         threads = f"{self.torch_threads} torch thread{'s' if self.torch_threads != 1 else ''}"
+        if self.follows_load:
+            threads += f", {self.cores} when busy alone"
         machine = f"{self.cores} CPU core{'s' if self.cores != 1 else ''}"
         if self.gpus:
             machine += f", {self.gpus} GPU{'s' if self.gpus != 1 else ''}"
@@ -184,7 +190,9 @@ def worker_layout(
     """
     if cores < 1 or gpus < 0:
         raise ValueError(f"a machine needs at least one core and no negative GPU count, got {cores=}, {gpus=}")
+    follows_load = not gpus and torch_threads is None and (workers or cores) > 1
     workers = workers or gpus or cores
     return WorkerLayout(
-        workers=workers, torch_threads=torch_threads or max(1, cores // workers), cores=cores, gpus=gpus
+        workers=workers, torch_threads=torch_threads or max(1, cores // workers), cores=cores, gpus=gpus,
+        follows_load=follows_load,
     )

@@ -12,7 +12,9 @@ of ``handle`` (TorchServe would answer the whole batch 503).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler.core_sharing import CoreSharing, record_folder
 from handler.decode import ImageError
 from handler.kserve import open_envelope
 from handler.request_parsing import RequestError, TagOptions, parse_request
@@ -45,11 +48,16 @@ class TaggerHandler(BaseHandler):
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # kernels and pinned memory of this worker on its own GPU
-        # The workers share the cores: handler/sizing.py gives each its share (explicit settings win).
-        torch.set_num_threads(worker_layout(
+        # The workers share the cores: handler/sizing.py gives each its share (explicit settings win), and
+        # on a CPU each batch takes the cores the idle workers leave (handler/core_sharing.py).
+        layout = worker_layout(
             cores=cpu_cores(), gpus=torch.cuda.device_count() if self.device.type == "cuda" else 0,
             workers=configured_workers(context.model_yaml_config), torch_threads=self.settings.torch_threads,
-        ).torch_threads)
+        )
+        torch.set_num_threads(layout.torch_threads)
+        # TorchServe's front end starts the workers: its pid names the record they share.
+        self.core_sharing = (CoreSharing(folder=record_folder(os.getppid()), cores=layout.cores)
+                             if layout.follows_load else None)
         self.model_pt_path = str(Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"])
         self.tagger = Tagger.from_checkpoint(
             self.model_pt_path,
@@ -66,7 +74,8 @@ class TaggerHandler(BaseHandler):
         one by one in ``preprocess`` (400 ``predictions_only``)."""
         started = time.perf_counter()
         self.context = context
-        responses = self.postprocess(self.inference(self.preprocess(data)))
+        with self.core_sharing.busy() if self.core_sharing else contextlib.nullcontext():
+            responses = self.postprocess(self.inference(self.preprocess(data)))
         self._add_time("HandlerTime", started)
         return responses
 
@@ -92,7 +101,9 @@ class TaggerHandler(BaseHandler):
     def inference(self, data: list[Prepared | Refusal], *args: Any, **kwargs: Any) -> list[Tagged | Refusal]:
         started = time.perf_counter()
         accepted = [item for item in data if isinstance(item, Prepared)]
-        found = iter(self.tagger.detect_with_fallback([item.image for item in accepted]))
+        before_each_call = self.core_sharing.share_now if self.core_sharing else None
+        found = iter(self.tagger.detect_with_fallback([item.image for item in accepted],
+                                                      before_each_call=before_each_call))
         results: list[Tagged | Refusal] = []
         for item in data:
             outcome = next(found) if isinstance(item, Prepared) else item  # detections, or the row's Refusal

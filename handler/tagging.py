@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torchvision.models.detection import FasterRCNN
@@ -173,12 +173,15 @@ class Tagger:
         decoded = decode_for_model(data, fit=self.input_size, max_pixels=max_pixels)
         return ModelImage(pixels=decoded.pixels, width=decoded.width, height=decoded.height)
 
-    def detect(self, images: Sequence[ModelImage | torch.Tensor]) -> list[list[Detection]]:
+    def detect(
+        self, images: Sequence[ModelImage | torch.Tensor], *, before_each_call: Callable[[], object] | None = None
+    ) -> list[list[Detection]]:
         """Runs the model on all images (see ``_model_calls``); each image's detections, best score first.
 
         Args:
             images: ``ModelImage`` records, or tensors ``[3, H, W]`` (uint8, or float in [0, 1]) whose boxes
                 are reported in their own pixels; each of its own size.
+            before_each_call: called before each model call (the handler sets its CPU threads there).
         """
         if not images:
             return []
@@ -189,6 +192,8 @@ class Tagger:
             device_type=self.device.type, dtype=torch.float16, enabled=self._half_precision
         ):
             for indices in self._model_calls(batch):
+                if before_each_call is not None:
+                    before_each_call()
                 for index, output in zip(indices, self.model([batch[i] for i in indices])):
                     outputs[index] = output
         return [self._detections(output, image) for output, image in zip(outputs, images)]
@@ -207,18 +212,20 @@ class Tagger:
             by_shape.setdefault(tuple(image.shape), []).append(index)
         return list(by_shape.values())
 
-    def detect_with_fallback(self, images: Sequence[ModelImage]) -> list[list[Detection] | Refusal]:
+    def detect_with_fallback(
+        self, images: Sequence[ModelImage], *, before_each_call: Callable[[], object] | None = None
+    ) -> list[list[Detection] | Refusal]:
         """``detect`` for a batch of strangers' images: when the model call fails for the batch, each image
         runs alone, so only an image that fails by itself is answered with a 500 ``Refusal``."""
         try:
-            return list(self.detect(images))
+            return list(self.detect(images, before_each_call=before_each_call))
         except Exception:
             logger.warning("the model failed on a batch of %d images; running them one by one", len(images),
                            exc_info=True)
         results: list[list[Detection] | Refusal] = []
         for image in images:
             try:
-                results.extend(self.detect([image]))
+                results.extend(self.detect([image], before_each_call=before_each_call))
             except Exception as exc:
                 logger.error("the model failed on a %dx%d image", image.width, image.height, exc_info=True)
                 results.append(Refusal(status=500, error="inference_failed",

@@ -33,14 +33,17 @@ def test_the_default_layout_follows_cores_and_gpus(cores, gpus, expected):
 
 
 def test_explicit_settings_win():
-    assert worker_layout(cores=16, workers=4) == WorkerLayout(workers=4, torch_threads=4, cores=16, gpus=0)
+    assert worker_layout(cores=16, workers=4) == WorkerLayout(workers=4, torch_threads=4, cores=16, gpus=0,
+                                                               follows_load=True)
     assert worker_layout(cores=2, workers=1) == WorkerLayout(workers=1, torch_threads=2, cores=2, gpus=0)
-    assert worker_layout(cores=16, workers=4, torch_threads=1).torch_threads == 1
+    fixed = worker_layout(cores=16, workers=4, torch_threads=1)
+    assert fixed.torch_threads == 1 and not fixed.follows_load  # the setting fixes the threads
     assert worker_layout(cores=2, gpus=1, workers=3).workers == 3
 
 
 def test_describe_names_the_layout():
-    assert worker_layout(cores=2).describe() == "2 workers x 1 torch thread (2 CPU cores)"
+    assert worker_layout(cores=2).describe() == "2 workers x 1 torch thread, 2 when busy alone (2 CPU cores)"
+    assert worker_layout(cores=2, torch_threads=1).describe() == "2 workers x 1 torch thread (2 CPU cores)"
     assert worker_layout(cores=16, gpus=1).describe() == "1 worker x 16 torch threads (16 CPU cores, 1 GPU)"
 
 
