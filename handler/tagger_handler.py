@@ -56,8 +56,9 @@ class TaggerHandler(BaseHandler):
         )
         torch.set_num_threads(layout.torch_threads)
         # TorchServe's front end starts the workers: its pid names the record they share.
-        self.core_sharing = (CoreSharing(folder=record_folder(os.getppid()), cores=layout.cores)
-                             if layout.follows_load else None)
+        self.core_sharing = (CoreSharing(folder=record_folder(os.getppid()), cores=layout.cores,
+                                         workers=layout.workers) if layout.follows_load else None)
+        self.batch_size = properties.get("batch_size") or 1
         self.model_pt_path = str(Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"])
         self.tagger = Tagger.from_checkpoint(
             self.model_pt_path,
@@ -74,7 +75,9 @@ class TaggerHandler(BaseHandler):
         one by one in ``preprocess`` (400 ``predictions_only``)."""
         started = time.perf_counter()
         self.context = context
-        with self.core_sharing.busy() if self.core_sharing else contextlib.nullcontext():
+        # A full batch means requests are queuing for every worker (core_sharing.CoreSharing.busy).
+        backlog = len(data) >= self.batch_size
+        with self.core_sharing.busy(backlog=backlog) if self.core_sharing else contextlib.nullcontext():
             responses = self.postprocess(self.inference(self.preprocess(data)))
         self._add_time("HandlerTime", started)
         return responses

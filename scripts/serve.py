@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,44 @@ def probe_image() -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG")
     return buffer.getvalue()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on loopback right now (for servers started next to another, as tests and benchmarks do)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def config_on_free_ports(store: Path, *, server_config: Path) -> str:
+    """The text of ``server_config`` with free loopback ports and ``store`` as the model store.
+
+    Raises:
+        ServerConfigError: the file lacks one of the settings changed.
+    """
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    changes = {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+        "model_store": str(store),
+    }
+    lines = []
+    for line in server_config.read_text().splitlines():
+        key, _, value = (part.strip() for part in line.partition("="))
+        if key == "metrics_config" and not line.startswith("#"):  # relative to the start folder
+            line = f"{key}={(server_config.resolve().parent / value).resolve()}"
+        lines.append(f"{key}={changes.pop(key)}" if key in changes and not line.startswith("#") else line)
+    if changes:
+        raise ServerConfigError(f"{server_config} lacks {', '.join(changes)}")
+    return "\n".join(lines) + "\n"
 
 
 def java_home() -> str | None:

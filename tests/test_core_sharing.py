@@ -29,7 +29,7 @@ def threads_kept():
 
 def test_a_lone_batch_takes_every_core_and_busy_workers_share_them(tmp_path, threads_kept):
     folder = tmp_path / "record"
-    workers = [CoreSharing(folder=folder, cores=4) for _ in range(3)]
+    workers = [CoreSharing(folder=folder, cores=4, workers=3) for _ in range(3)]
     try:
         with workers[0].busy() as alone:
             assert alone == torch.get_num_threads() == 4
@@ -48,7 +48,7 @@ def test_a_lone_batch_takes_every_core_and_busy_workers_share_them(tmp_path, thr
 
 
 def test_a_worker_that_began_alone_gives_cores_back_at_its_next_model_call(tmp_path, threads_kept):
-    first, second = (CoreSharing(folder=tmp_path / "record", cores=2) for _ in range(2))
+    first, second = (CoreSharing(folder=tmp_path / "record", cores=2, workers=2) for _ in range(2))
     try:
         with first.busy() as alone:
             assert alone == 2
@@ -61,6 +61,17 @@ def test_a_worker_that_began_alone_gives_cores_back_at_its_next_model_call(tmp_p
         second.close()
 
 
+def test_a_full_batch_takes_its_share_even_when_the_others_are_idle(tmp_path, threads_kept):
+    worker = CoreSharing(folder=tmp_path / "record", cores=4, workers=2)
+    try:
+        with worker.busy(backlog=True) as threads:
+            assert threads == 2 and worker.share_now() == 2
+        with worker.busy() as threads:
+            assert threads == 4
+    finally:
+        worker.close()
+
+
 def test_a_worker_that_dies_mid_batch_gives_its_cores_back(tmp_path, threads_kept):
     folder = tmp_path / "record"
     # A worker process that takes its place, starts a batch and is killed in it (as TorchServe kills a
@@ -69,14 +80,14 @@ def test_a_worker_that_dies_mid_batch_gives_its_cores_back(tmp_path, threads_kep
         import sys, time
         from pathlib import Path
         from handler.core_sharing import CoreSharing
-        sharing = CoreSharing(folder=Path({str(folder)!r}), cores=2)
+        sharing = CoreSharing(folder=Path({str(folder)!r}), cores=2, workers=2)
         with sharing.busy():
             print("busy", flush=True)
             time.sleep(600)
     """)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert dying.stdout.readline().strip() == "busy"
-        survivor = CoreSharing(folder=folder, cores=2)
+        survivor = CoreSharing(folder=folder, cores=2, workers=2)
         with survivor.busy() as threads:
             assert threads == 1 and sorted(busy_threads(folder)) == [1, 2]
         os.kill(dying.pid, signal.SIGKILL)
@@ -86,7 +97,7 @@ def test_a_worker_that_dies_mid_batch_gives_its_cores_back(tmp_path, threads_kep
         survivor.close()
         # The dead worker's file is swept by the next worker that takes its place.
         assert list(folder.glob(f"{dying.pid}.*"))
-        CoreSharing(folder=folder, cores=2).close()
+        CoreSharing(folder=folder, cores=2, workers=2).close()
         assert not list(folder.glob(f"{dying.pid}.*"))
     finally:
         dying.kill()
@@ -103,13 +114,15 @@ def test_the_handler_sizes_each_batch_by_the_busy_workers(eager_checkpoint, tmp_
     assert handler.core_sharing is not None and handler.core_sharing.folder == record_folder(os.getppid())
     assert torch.get_num_threads() == 1
     image, _ = scene(7200)
-    other = CoreSharing(folder=handler.core_sharing.folder, cores=cores)
+    other = CoreSharing(folder=handler.core_sharing.folder, cores=cores, workers=cores)
     try:
         with other.busy():  # another worker is busy: this one keeps its share
             ask(service, [Upload([("data", "image/jpeg", image)])])
             assert torch.get_num_threads() == cores // 2
         ask(service, [Upload([("data", "image/jpeg", image)])])  # alone: every core
         assert torch.get_num_threads() == cores
+        ask(service, [Upload([("data", "image/jpeg", image)])] * 8)  # a full batch (8): the share
+        assert torch.get_num_threads() == 1
     finally:
         other.close()
         handler.core_sharing.close()

@@ -17,7 +17,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -40,7 +39,8 @@ from client.tag import tag_images
 from handler.sizing import cpu_cores, worker_layout
 from scripts.archive_source import ArchiveSource
 from scripts.serve import (
-    CONSOLE_LOG, java_home, renew_expiring_keys, running_server, start_server, stop_server, wait_until_ready,
+    CONSOLE_LOG, config_on_free_ports, java_home, renew_expiring_keys, running_server, start_server, stop_server,
+    wait_until_ready,
 )
 from tests.conftest import run_module
 from training.demo import SHIPPED_CHECKPOINT
@@ -82,37 +82,6 @@ class Server:
         return [match["ids"].split(",") for match in BATCH_LINE.finditer(log)]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
-
-
-def serving_config(store: Path) -> str:
-    """The repository's config.properties with free ports and ``store`` as the model store."""
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    changes = {
-        "inference_address": f"http://127.0.0.1:{inference}",
-        "management_address": f"http://127.0.0.1:{management}",
-        "metrics_address": f"http://127.0.0.1:{metrics}",
-        "grpc_inference_port": str(grpc_inference),
-        "grpc_management_port": str(grpc_management),
-        "model_store": str(store),
-        "metrics_config": str(ROOT / "metrics.yaml"),  # relative to the start folder in config.properties
-    }
-    lines = []
-    for line in (ROOT / "config.properties").read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        lines.append(f"{key}={changes.pop(key)}" if key in changes and not line.startswith("#") else line)
-    assert not changes, f"config.properties lacks {changes}"
-    return "\n".join(lines) + "\n"
-
-
 @contextlib.contextmanager
 def torchserve(store: Path, root: Path) -> Iterator[Server]:
     """The real TorchServe serving ``store`` (the archive config.properties loads) on free loopback ports,
@@ -121,7 +90,7 @@ def torchserve(store: Path, root: Path) -> Iterator[Server]:
     for folder in (start_dir, tmp_dir):
         folder.mkdir()
     config_file = root / "config.properties"
-    config_file.write_text(serving_config(store))
+    config_file.write_text(config_on_free_ports(store, server_config=ROOT / "config.properties"))
     config = read_server_config(config_file)
     try:  # stopped even when the start fails: a half-started server must not outlive the test
         with pytest.MonkeyPatch.context() as patch:
