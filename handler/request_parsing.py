@@ -1,6 +1,6 @@
 """Turns one TorchServe request row and its headers into the image bytes and the tagging options.
 
-TorchServe hands a handler one dict per request (see ``shared/TORCHSERVE-NOTES.md``): a raw body is
+TorchServe hands a handler one dict per request: a raw body is
 ``row["body"]`` (``bytearray`` for image/octet-stream bodies, a parsed value for JSON, ``str`` for text), every
 multipart field is a key of its own, and a body sent without a Content-Type may arrive as an empty row. Headers
 come with the client's capitalisation, so they are looked up case-insensitively. Nothing here knows torch.

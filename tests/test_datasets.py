@@ -22,7 +22,7 @@ from training.datasets import (
 from tests.test_decode import malformed_exif_png
 from training.presets import RandomHorizontalFlip
 
-RACCOON = Path(__file__).resolve().parent / "data" / "raccoon"  # a copy of shared/datasets/raccoon
+RACCOON = Path(__file__).resolve().parent / "data" / "raccoon"  # see tests/data/README.md
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
