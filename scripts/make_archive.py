@@ -100,7 +100,7 @@ def build_archive(
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         built = export / f"{output.stem}.mar"
         if done.returncode != 0 or not built.is_file():
-            raise ArchiveError(f"torch-model-archiver failed: {_first_line(done.stderr or done.stdout)}")
+            raise ArchiveError(f"torch-model-archiver failed: {_last_line(done.stderr or done.stdout)}")
         os.replace(built, output)
     return output
 
@@ -118,7 +118,7 @@ def check_weights_fit_config(path: Path, *, source: Path) -> None:
             model = build_detector_from_config(state["model_config"])
         model.load_state_dict(state["model"], assign=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: weights do not fit the model config: {_first_line(exc)}") from None
+        raise CheckpointError(f"{source}: weights do not fit the model config: {_last_line(exc)}") from None
 
 
 def packed_package_files(handler_package: Path) -> dict[str, Path]:
@@ -156,7 +156,8 @@ def archive_is_current(
         return False
 
 
-def _first_line(text: object) -> str:
+def _last_line(text: object) -> str:
+    """The last non-blank line of a message: where a traceback (the archiver's stderr) states its error."""
     lines = [line for line in str(text).strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
 
