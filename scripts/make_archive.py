@@ -29,6 +29,7 @@ from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
 from handler.checkpoint import CheckpointError, load_checkpoint, newest_checkpoint, save_serving_checkpoint
 from handler.detector import build_detector_from_config
 from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
+from scripts.serve import start_line_by_hand
 from training.demo import SHIPPED_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_archive: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {archive} from {checkpoint}")
+    print(f"serve it: make serve, or by hand in the repository root with .venv active:\n  {start_line_by_hand()}")
     return 0
 
 

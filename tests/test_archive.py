@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from handler.detector import build_detector_from_config, model_config
 from scripts import make_archive as make_archive_cli
 from scripts.archive_source import ArchiveSource, read_archive_source
 from scripts.make_archive import archive_is_current, build_archive
+from scripts.serve import start_line_by_hand
 from training.demo import SHIPPED_CHECKPOINT
 from training.synthetic import CLASS_NAMES
 
@@ -88,7 +90,18 @@ def test_cli_packs_the_newest_checkpoint_of_a_folder(tmp_path):
     training_checkpoint(models / "Epoch.10.pth")
     result = make_archive("--model-dir", models, "--output", tmp_path / "tagger.mar")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"wrote {tmp_path / 'tagger.mar'} from {models / 'Epoch.10.pth'}"
+    wrote, _, by_hand = result.stdout.splitlines()
+    assert wrote == f"wrote {tmp_path / 'tagger.mar'} from {models / 'Epoch.10.pth'}"
+    # How to serve it by hand in the repository root: --ts-config, which TorchServe's launcher needs to read
+    # config.properties (else "Missing mandatory parameter --model-store"), and files that are there.
+    assert by_hand.strip() == start_line_by_hand()
+    words = shlex.split(by_hand)
+    java_homes = [word.removeprefix("JAVA_HOME=") for word in words if word.startswith("JAVA_HOME=")]
+    assert all((Path(home) / "bin" / "java").is_file() for home in java_homes)
+    command = words[len(java_homes):]
+    assert command[:2] == ["torchserve", "--start"]
+    for flag in ("--ts-config", "--log-config"):
+        assert (ROOT / command[command.index(flag) + 1]).is_file(), flag
     with zipfile.ZipFile(tmp_path / "tagger.mar") as mar:
         assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "Epoch.10.pth"
 
@@ -99,7 +112,7 @@ def test_cli_without_checkpoints_packs_the_shipped_demo_model_once(tmp_path):
     (tmp_path / "model").mkdir()
     output = tmp_path / "store" / "tagger.mar"
     first = make_archive("--if-changed", "--model-dir", tmp_path / "model", "--output", output)
-    assert (first.returncode, first.stdout.strip()) == (0, f"wrote {output} from {SHIPPED_CHECKPOINT}"), first.stderr
+    assert (first.returncode, first.stdout.splitlines()[0]) == (0, f"wrote {output} from {SHIPPED_CHECKPOINT}"), first.stderr
     with zipfile.ZipFile(output) as mar:
         assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "demo.pth"
     built = output.stat().st_mtime_ns
@@ -109,7 +122,7 @@ def test_cli_without_checkpoints_packs_the_shipped_demo_model_once(tmp_path):
     newer = training_checkpoint(tmp_path / "model" / "Epoch.1.pth")
     os.utime(newer, ns=(built + 10**9, built + 10**9))
     third = make_archive("--if-changed", "--model-dir", tmp_path / "model", "--output", output)
-    assert third.stdout.strip() == f"wrote {output} from {newer}", third.stderr
+    assert third.stdout.splitlines()[0] == f"wrote {output} from {newer}", third.stderr
 
 
 def test_cli_refuses_bad_checkpoints_in_one_line_and_keeps_the_old_archive(tmp_path):
@@ -147,7 +160,7 @@ def test_if_changed_rebuilds_for_another_checkpoint_even_an_older_one(tmp_path, 
     def serve_archive(model_dir: Path) -> str:
         status = make_archive_cli.main(["--if-changed", "--model-dir", str(model_dir), "--output", str(output)])
         assert status == 0
-        return capsys.readouterr().out.strip()
+        return capsys.readouterr().out.partition("\n")[0]  # the line that says what was written, if anything
 
     assert serve_archive(exp1) == f"wrote {output} from {first}"
     built = output.stat().st_mtime_ns
