@@ -400,7 +400,7 @@ OVERRIDES: list[tuple[str, Any, Callable[[FasterRCNN], Any], Any]] = [
     ("rpn_pre_nms_top_n_test", 400, lambda m: m.rpn._pre_nms_top_n["testing"], 400),
     ("rpn_post_nms_top_n_train", 300, lambda m: m.rpn._post_nms_top_n["training"], 300),
     ("rpn_post_nms_top_n_test", 50, lambda m: m.rpn._post_nms_top_n["testing"], 50),
-    ("rpn_nms_thresh", 0.6, lambda m: m.rpn.nms_thresh, 0.6),
+    ("rpn_nms_thresh", 0.65, lambda m: m.rpn.nms_thresh, 0.65),
     ("rpn_fg_iou_thresh", 0.8, lambda m: m.rpn.proposal_matcher.high_threshold, 0.8),
     ("rpn_bg_iou_thresh", 0.2, lambda m: m.rpn.proposal_matcher.low_threshold, 0.2),
     ("rpn_batch_size_per_image", 64, lambda m: m.rpn.fg_bg_sampler.batch_size_per_image, 64),
