@@ -464,8 +464,7 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
             layout = served_layout(config, keys)
             described = requests.get(f"{config.management_url}/models/{config.model_name}",
                                      headers=bearer(keys.management)).json()[0]
-            threads = f"{layout.torch_threads}-{layout.cores}" if layout.follows_load else layout.torch_threads
-            name = (f"TorchServe {layout.workers}x{threads}, batch {described['batchSize']}, "
+            name = (f"TorchServe {layout.label}, batch {described['batchSize']}, "
                     f"delay {described['maxBatchDelay']} ms")
             auth = bearer(keys.inference)
             # Who shares the cores with the model workers: the Java front end and this load generator.

@@ -38,6 +38,12 @@ class WorkerLayout:
     # handler's explicit ``torch_threads`` setting.
     follows_load: bool = False
 
+    @property
+    def label(self) -> str:
+        """Workers x threads in short: "2x1", or "2x1-2" where the threads follow the load."""
+        threads = f"{self.torch_threads}-{self.cores}" if self.follows_load else str(self.torch_threads)
+        return f"{self.workers}x{threads}"
+
     def describe(self) -> str:
         """E.g. "2 workers x 1 torch thread (2 CPU cores)", "2 workers x 1 torch thread, 2 when busy alone (...)"."""
         workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}"

@@ -267,14 +267,20 @@ def test_a_bad_upload_gets_its_own_error_while_its_batch_is_answered(server):
         lambda: server.post(files={"data": ("huge.png", huge.getvalue(), "image/png")}),
         lambda: server.post(data=b"{broken", headers={"Content-Type": "application/json"}),
     ]
-    answers = at_once(*calls)
-    assert [a.status_code for a in answers] == [200, 400, 413, 400], [a.text for a in answers]
-    assert [a.json().get("error") for a in answers[1:]] == ["not_an_image", "too_many_pixels", "bad_json"]
-    assert all(a.json()["message"] for a in answers[1:])
-    assert (answers[0].json()["width"], answers[0].json()["height"]) == (300, 200)
-    ids = [a.headers["x-request-id"] for a in answers]
-    time.sleep(1)
-    shared = [b for b in server.batches() if ids[0] in b]
+    # Whether the four reach TorchServe within its batch delay depends on the machine's load: the burst is
+    # sent again (at most 5 times) until the good request shares its batch; every burst is checked.
+    for _ in range(5):
+        answers = at_once(*calls)
+        assert [a.status_code for a in answers] == [200, 400, 413, 400], [a.text for a in answers]
+        assert [a.json().get("error") for a in answers[1:]] == ["not_an_image", "too_many_pixels", "bad_json"]
+        assert all(a.json()["message"] for a in answers[1:])
+        assert (answers[0].json()["width"], answers[0].json()["height"]) == (300, 200)
+        ids = [a.headers["x-request-id"] for a in answers]
+        deadline = time.monotonic() + 10  # the worker's metric lines reach the log just after the answers
+        while not (shared := [b for b in server.batches() if ids[0] in b]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if shared and len(set(shared[0]) & set(ids)) > 1:
+            break
     assert shared and len(set(shared[0]) & set(ids)) > 1, (shared, ids)  # the good one was not alone
 
 
@@ -351,8 +357,7 @@ def test_bench_measures_the_served_model(server):
         capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    name = (f"TorchServe {LAYOUT.workers}x{LAYOUT.torch_threads}, batch {MODEL_CONFIG['batchSize']}, "
-            f"delay {MODEL_CONFIG['maxBatchDelay']} ms")
+    name = f"TorchServe {LAYOUT.label}, batch {MODEL_CONFIG['batchSize']}, delay {MODEL_CONFIG['maxBatchDelay']} ms"
     for clients in ("1 client", "2 clients"):
         (row,) = [line for line in done.stdout.splitlines() if line.startswith(f"{name}, {clients} ")]
         images_per_second, p50, p90 = map(float, row.split()[-3:])
@@ -360,6 +365,9 @@ def test_bench_measures_the_served_model(server):
     cpu = re.search(r"CPU, % of a core, 2 clients: front end \(Java\) ([\d.]+), load generator ([\d.]+), "
                     r"worker 0 ([\d.]+)", done.stdout)
     assert cpu and float(cpu[3]) > 10 and float(cpu[1]) > 0, done.stdout  # the worker ran the model
+    if LAYOUT.follows_load:  # the busy record was sampled: threads in use, never above the cores here
+        threads = re.search(r"1 client: mean ([\d.]+), max (\d+), over \d+ in ([\d.]+)% of samples", done.stdout)
+        assert threads and 0 < int(threads[2]) <= LAYOUT.cores, done.stdout
     memory = re.search(r"worker peak RSS (\d+) MB; one 12 MP JPEG \(.*\) adds (-?\d+) MB", done.stdout)
     assert memory and int(memory[1]) > 100, done.stdout  # a worker holds torch and the model: over 100 MB
 
