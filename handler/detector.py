@@ -1,6 +1,6 @@
 """The one Faster R-CNN definition, shared by training and the TorchServe handler.
 
-Every hyper-parameter of the seed (``shared/SEED-SPEC.md``) is a keyword default of ``make_faster_rcnn``.
+Every hyper-parameter of the seed specification is a keyword default of ``make_faster_rcnn``.
 A model's whole configuration is a plain dict (``model_config``) that travels inside checkpoints, so
 ``build_detector_from_config(checkpoint["model_config"])`` rebuilds exactly the trained model.
 Nothing here reads files, flags or the environment: this module is packed into the model archive as is.
