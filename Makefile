@@ -84,6 +84,14 @@ stop: setup
 bench: serve
 	$(PY) -m benchmarks.bench $(ARGS)
 
+# ---- Accuracy on real photos (not a timed test, not part of `make test`) ----
+.PHONY: bench-accuracy
+
+# The demo recipe trained (12 epochs each) and scored on BCCD (downloaded into data/ on first use) and the raccoon
+# photos: AP per class, mAP@0.5 and COCO mAP beside the README's figures. ARGS="--bccd-root PATH" takes a copy.
+bench-accuracy: setup
+	$(PY) -m benchmarks.accuracy $(ARGS)
+
 # ---- Kubernetes: the storage layout of KServe's TorchServe runtime (README: Kubernetes / KServe) ----
 .PHONY: kserve-bundle
 

@@ -47,7 +47,7 @@ def backbone_start_state(backbone: str, weights: str) -> dict[str, torch.Tensor]
         state = torch.load(path, map_location="cpu", weights_only=True)
         return backbone_state_from_torchvision(backbone, state)
     except Exception as exc:  # not a state dict, or of another network
-        raise ValueError(f"cannot load {path} into the {backbone} backbone: {_first_line(exc)}") from None
+        raise ValueError(f"cannot load {path} into the {backbone} backbone: {first_line(exc)}") from None
 
 
 def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
@@ -67,7 +67,7 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
             torch.hub.download_url_to_file(weights.url, str(cached), progress=True)
         except OSError as exc:
             raise ValueError(
-                f"cannot download the ImageNet weights of {backbone} ({_first_line(exc)}): put {cached.name} "
+                f"cannot download the ImageNet weights of {backbone} ({first_line(exc)}): put {cached.name} "
                 f"(from {weights.url}) into {cached.parent}") from None
     return weights.get_state_dict(progress=False)
 
@@ -78,6 +78,7 @@ def imagenet_file(backbone: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
+    """The first line of an exception's message (its type when it has none): for one-line CLI errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
