@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import torch
 
 RECORD_PREFIX = "tagger-busy-"
@@ -43,16 +44,6 @@ def _is_held(fd: int) -> bool:
         return True
     fcntl.flock(fd, fcntl.LOCK_UN)
     return False
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def busy_threads(folder: Path) -> list[int]:
@@ -80,7 +71,7 @@ class CoreSharing:
         folder.mkdir(mode=0o700, exist_ok=True)
         for left in folder.glob("*"):  # files of workers that died (they count as idle, but pile up)
             pid = left.name.split(".")[0]
-            if pid.isdigit() and not _process_exists(int(pid)):
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
                 left.unlink(missing_ok=True)
         # "<pid>.<n>": a process may hold several places (a worker holds one; tests play several workers).
         self.path = folder / f"{os.getpid()}.{next(_places)}"
