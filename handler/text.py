@@ -1,0 +1,30 @@
+"""Text for people: an exception, a traceback or a long value as one short line.
+
+Standard library only, so every part of the project (the client included) can import it.
+"""
+
+from __future__ import annotations
+
+
+def error_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first non-blank line of an exception's message; its type's name when it has no message.
+
+    Args:
+        exc: the exception.
+        with_type: start with ``"Type: "``, for exceptions whose type says what went wrong (``KeyError: 'boxes'``).
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]
+
+
+def last_line(text: object) -> str:
+    """The last non-blank line of a text: where a traceback (another program's stderr) states its error."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in ``...`` when it was cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
