@@ -16,7 +16,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from tests.test_datasets import RACCOON, open_with_warnings, write_voc_xml
-from training.layouts import in_split
+from training.datasets import hash_held_out
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Sample:
 
     @property
     def split(self) -> str:
-        return "val" if in_split(self.image.stem, "val") else "train"
+        return "val" if hash_held_out(self.image.stem) else "train"
 
 
 def raccoon_samples(*, count: int, val: int) -> list[Sample]:
@@ -51,7 +51,7 @@ def generated_samples(folder: Path, *, train: int = 5, val: int = 2) -> list[Sam
     while any(wanted.values()):
         number += 1
         stem = f"shapes-{number}"
-        split = "val" if in_split(stem, "val") else "train"
+        split = "val" if hash_held_out(stem) else "train"
         if not wanted[split]:
             continue
         wanted[split] -= 1

@@ -34,17 +34,21 @@ import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import torch
 from torch.utils.data import Dataset
 
 from handler.decode import ImageError, image_to_tensor, load_image_file, read_image_size
-from training.layouts import IMAGE_EXTENSIONS, CocoSource, DatasetError, VocSource, find_layout, in_split
+from training.layouts import IMAGE_EXTENSIONS, CocoSource, DatasetError, VocSource, find_layout
 
 Transforms = Callable[[torch.Tensor, dict], "tuple[torch.Tensor, dict]"]
+HASH_SPLITS = ("train", "val", "test", "all")
+HASH_VAL_PERCENT = 10
+Item = TypeVar("Item")
 
 _NAMES_SHOWN = 5
 _SIZE_NOTE = "(the annotation said 0x0 or another size)"
@@ -198,6 +202,7 @@ class VOCDataset(DetectionDataset):
         annotation_dir: the folder of the XML files.
         image_dir: the folder of the images (may be ``annotation_dir``).
         stems: the annotation file stems of the split (a VOCdevkit split file's lines); None: every XML file.
+        hash_split: the part of ``stems`` to read by the hash split (see ``hash_split_of``); "all": every one.
         class_names: fixes the labels' order; objects of other classes are an error.
         include_difficult: keep difficult objects (marked) instead of leaving them out.
         transforms: called last on (image, target).
@@ -209,7 +214,7 @@ class VOCDataset(DetectionDataset):
 
     def __init__(
         self, *, annotation_dir: str | os.PathLike, image_dir: str | os.PathLike,
-        stems: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
+        stems: Sequence[str] | None = None, hash_split: str = "all", class_names: Sequence[str] | None = None,
         include_difficult: bool = False, transforms: Transforms | None = None, description: str | None = None,
     ) -> None:
         annotation_dir, image_dir = Path(annotation_dir), Path(image_dir)
@@ -217,7 +222,7 @@ class VOCDataset(DetectionDataset):
         report = _Report()
 
         parsed = {path.stem: _parse_voc_xml(path) for path in sorted(annotation_dir.glob("*.xml"))}
-        stems = list(parsed) if stems is None else stems
+        stems = hash_split_of(list(parsed) if stems is None else stems, hash_split, stem=lambda stem: stem)
         image_index = _ImageIndex(image_dir)
         image_ids = {stem: number for number, stem in enumerate(parsed)}
         entries = []
@@ -246,8 +251,8 @@ class CocoDataset(DetectionDataset):
 
     Args:
         annotation_file: the instances JSON.
-        split: "all", or "train"/"val"/"test" of the hash split of a file that holds every image (see
-            ``training/layouts.py``).
+        hash_split: "all", or "train"/"val"/"test" of the hash split (see ``hash_split_of``) of a file that holds
+            every image.
         image_root: folder that ``file_name`` is relative to; by default the first of json_dir/../JPEGImages,
             json_dir/../images, json_dir/images and json_dir that holds the images.
         class_names: fixes the labels' order (by category name); objects of other classes are an error.
@@ -261,17 +266,17 @@ class CocoDataset(DetectionDataset):
 
     def __init__(
         self, *, annotation_file: str | os.PathLike, image_root: str | os.PathLike | None = None,
-        split: str = "all", class_names: Sequence[str] | None = None, include_difficult: bool = False,
+        hash_split: str = "all", class_names: Sequence[str] | None = None, include_difficult: bool = False,
         transforms: Transforms | None = None,
     ) -> None:
         annotation_file = Path(annotation_file)
         coco = _read_coco_json(annotation_file)
         image_ids = _coco_image_ids(annotation_file, coco["images"])
-        images = [(image_id, image) for image_id, image in zip(image_ids, coco["images"])
-                  if in_split(Path(str(image.get("file_name", ""))).stem, split)]
+        images = hash_split_of(list(zip(image_ids, coco["images"])), hash_split,
+                               stem=lambda item: Path(str(item[1].get("file_name", ""))).stem)
         root = Path(image_root) if image_root is not None else _find_coco_image_root(
             annotation_file, [image for _, image in images])
-        description = f"{annotation_file}{'' if split == 'all' else f' [{split}]'} (images in {root})"
+        description = f"{annotation_file}{'' if hash_split == 'all' else f' [{hash_split}]'} (images in {root})"
         report = _Report()
 
         category_names, report.unused_supercategories = _coco_categories(annotation_file, coco)
@@ -315,6 +320,7 @@ class YoloDataset(DetectionDataset):
 
     Args:
         images: (image path, label path) of each image; a missing label file makes the image a negative.
+        hash_split: the part of ``images`` to read by the hash split (see ``hash_split_of``); "all": every one.
         names: class names by class number, from data.yaml or classes.txt; None: the classes are named by their
             numbers ("0", "1", ...), unless ``class_names`` names them in number order.
         class_names: fixes the labels' order (by name); objects of other classes are an error.
@@ -327,12 +333,13 @@ class YoloDataset(DetectionDataset):
     """
 
     def __init__(
-        self, *, images: Sequence[tuple[Path, Path]], names: Sequence[str] | None = None,
+        self, *, images: Sequence[tuple[Path, Path]], hash_split: str = "all", names: Sequence[str] | None = None,
         class_names: Sequence[str] | None = None, include_difficult: bool = False,
         transforms: Transforms | None = None, description: str = "YOLO data set",
     ) -> None:
         report = _Report()
-        parsed = [(image, _parse_yolo_labels(label)) for image, label in images]
+        parsed = [(image, _parse_yolo_labels(label))
+                  for image, label in hash_split_of(images, hash_split, stem=lambda pair: pair[0].stem)]
         if names is None:
             numbers = [n for _, labels in parsed if labels is not None for n, _ in labels.objects]
             names = class_names or [str(n) for n in range(max(numbers, default=-1) + 1)]
@@ -374,14 +381,38 @@ def open_dataset(
     if isinstance(source, VocSource):
         dataset: DetectionDataset = VOCDataset(
             annotation_dir=source.annotation_dir, image_dir=source.image_dir, stems=source.stems,
-            description=source.description, **options)
+            hash_split=source.hash_split, description=source.description, **options)
     elif isinstance(source, CocoSource):
-        dataset = CocoDataset(annotation_file=source.annotation_file, split=source.split, **options)
+        dataset = CocoDataset(annotation_file=source.annotation_file, hash_split=source.hash_split, **options)
     else:
-        dataset = YoloDataset(images=source.images, names=source.class_names, description=source.description,
-                              **options)
+        dataset = YoloDataset(images=source.images, hash_split=source.hash_split, names=source.class_names,
+                              description=source.description, **options)
     dataset.layout = source.layout
     return dataset
+
+
+def hash_split_of(items: Sequence[Item], split: str, *, stem: Callable[[Item], str]) -> list[Item]:
+    """The items of ``split`` of a data set without splits of its own, in their order.
+
+    A stable hash (CRC-32) of each image's file stem puts about ``HASH_VAL_PERCENT`` % of the images into "val"
+    (the same images serve as "test"); "train" is the rest, "all" everything. The same image lands in the same
+    split in every layout and on every machine.
+
+    Args:
+        stem: the file stem of an item's image (for VOC, of its annotation file).
+    Raises:
+        DatasetError: for a split other than train, val, test and all.
+    """
+    if split not in HASH_SPLITS:
+        raise DatasetError(f"a data set without splits has no split '{split}' (it has: {', '.join(HASH_SPLITS)})")
+    if split == "all":
+        return list(items)
+    return [item for item in items if hash_held_out(stem(item)) == (split in ("val", "test"))]
+
+
+def hash_held_out(stem: str) -> bool:
+    """Whether the hash split puts the image of this file stem into "val" and "test" (else into "train")."""
+    return zlib.crc32(stem.encode("utf-8")) % 100 < HASH_VAL_PERCENT
 
 
 # --- VOC -------------------------------------------------------------------------------------------------------

@@ -21,14 +21,14 @@
 - Split folders (Roboflow exports): ``train/``, ``valid/`` or ``val/``, ``test/``, each holding one of the
   layouts above.
 
-Data without splits is split deterministically: a stable hash of each image's file stem puts about 10% of the
-images into "val" (the same images serve as "test"); "train" is the rest, "all" everything.
+A layout without splits of its own names all its files, and its source's ``hash_split`` is the split asked
+for: ``training/datasets.py`` reads that part of the images, chosen by a stable hash of their file stems
+(``hash_split_of``). Layouts with splits name the split's files, with ``hash_split`` "all".
 """
 
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +36,6 @@ import yaml
 
 FORMATS = ("voc", "coco", "yolo")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".ico")
-HASH_SPLITS = ("train", "val", "test", "all")
-HASH_VAL_PERCENT = 10
 # The names each split goes by in exports (Roboflow writes valid/).
 SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "test": ("test", "testing"), "train": ("train", "training")}
 IMAGE_FOLDERS = ("images", "image", "jpegimages", "imgs", "img")
@@ -67,6 +65,7 @@ class VocSource:
         layout: what was found, for reports.
         annotation_dir / image_dir: the folders (the same one when the XML lies beside the images).
         stems: the split's annotation file stems, in order; None means every XML file of the folder.
+        hash_split: the part of ``stems`` to take by the hash split, "all" for every one.
         description: names the data set and split in messages.
     """
 
@@ -74,16 +73,17 @@ class VocSource:
     annotation_dir: Path
     image_dir: Path
     stems: tuple[str, ...] | None
+    hash_split: str
     description: str
 
 
 @dataclass(frozen=True)
 class CocoSource:
-    """A COCO instances JSON; ``split`` other than "all" picks the hash split of its images."""
+    """A COCO instances JSON; ``hash_split`` other than "all" picks that part of its images by the hash split."""
 
     layout: str
     annotation_file: Path
-    split: str
+    hash_split: str
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,13 @@ class YoloSource:
 
     Attributes:
         class_names: from data.yaml or a names file, by class number; None when the data names no classes.
+        hash_split: the part of ``images`` to take by the hash split, "all" for every one.
     """
 
     layout: str
     images: tuple[tuple[Path, Path], ...]
     class_names: tuple[str, ...] | None
+    hash_split: str
     description: str
 
 
@@ -122,7 +124,7 @@ def find_layout(path: str | Path, split: str = "train", *, format: str | None = 
     formats = (format,) if format else FORMATS
     if path.is_file():
         if path.suffix.lower() == ".json" and "coco" in formats:
-            return CocoSource(layout="COCO instances JSON", annotation_file=path, split="all")
+            return CocoSource(layout="COCO instances JSON", annotation_file=path, hash_split="all")
         if path.suffix.lower() in (".yaml", ".yml") and "yolo" in formats:
             return _yolo_yaml(path, split)
         raise DatasetError(f"{path} is not a data set: give a data set folder, a COCO .json or a YOLO data.yaml")
@@ -135,20 +137,6 @@ def find_layout(path: str | Path, split: str = "train", *, format: str | None = 
                            f"looked for {looked_for}, or train/ + val/ folders holding one of them"
                            + _layouts_below(path, formats))
     return source
-
-
-def in_split(stem: str, split: str) -> bool:
-    """Whether an image belongs to ``split`` of a data set without splits of its own (a stable hash of its stem).
-
-    Raises:
-        DatasetError: for a split other than train, val, test and all.
-    """
-    if split not in HASH_SPLITS:
-        raise DatasetError(f"a data set without splits has no split '{split}' (it has: {', '.join(HASH_SPLITS)})")
-    if split == "all":
-        return True
-    held_out = zlib.crc32(stem.encode("utf-8")) % 100 < HASH_VAL_PERCENT
-    return held_out == (split in ("val", "test"))
 
 
 # --- layouts inside one folder ---------------------------------------------------------------------------------
@@ -179,7 +167,7 @@ def _find_in_folder(root: Path, split: str, formats: tuple[str, ...]) -> Source 
                 kind = f"{image_dir.name}/ + {annotation_dir.name}/"
             stems = tuple(sorted(p.stem for p in annotation_dir.glob("*.xml")))
             return VocSource(layout=f"Pascal VOC ({kind})", annotation_dir=annotation_dir, image_dir=image_dir,
-                             stems=tuple(s for s in stems if in_split(s, split)), description=f"{root} [{split}]")
+                             stems=stems, hash_split=split, description=f"{root} [{split}]")
     if "yolo" in formats:
         yolo = _yolo_folders(root, image_dir, split)
         if yolo is not None:
@@ -202,12 +190,14 @@ def _find_in_split_folder(root: Path, split: str, formats: tuple[str, ...]) -> S
     description = f"{root} [{split}]"
     if isinstance(source, VocSource):
         return VocSource(layout=f"{source.layout} in split folders", annotation_dir=source.annotation_dir,
-                         image_dir=source.image_dir, stems=source.stems, description=description)
+                         image_dir=source.image_dir, stems=source.stems, hash_split="all",
+                         description=description)
     if isinstance(source, YoloSource):
         return YoloSource(layout=f"{source.layout} in split folders", images=source.images,
-                          class_names=source.class_names or _yolo_names_file(root), description=description)
+                          class_names=source.class_names or _yolo_names_file(root), hash_split="all",
+                          description=description)
     return CocoSource(layout=f"{source.layout} in split folders", annotation_file=source.annotation_file,
-                      split="all")
+                      hash_split="all")
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -241,14 +231,14 @@ def _voc_devkit(root: Path, split: str) -> VocSource:
     layout = "Pascal VOC (VOCdevkit)"
     if split == "all":
         return VocSource(layout=layout, annotation_dir=root / "Annotations", image_dir=root / "JPEGImages",
-                         stems=None, description=description)
+                         stems=None, hash_split="all", description=description)
     split_file = main / f"{split}.txt"
     if not split_file.is_file():
         splits = sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem)  # not the per-class files
         raise DatasetError(f"{root} has no split '{split}' (it has: {', '.join(splits) or 'none'})")
     stems = tuple(line.split()[0] for line in split_file.read_text().splitlines() if line.strip())
     return VocSource(layout=layout, annotation_dir=root / "Annotations", image_dir=root / "JPEGImages",
-                     stems=stems, description=description)
+                     stems=stems, hash_split="all", description=description)
 
 
 # --- COCO ------------------------------------------------------------------------------------------------------
@@ -258,7 +248,7 @@ def _coco_split_file(root: Path, split: str) -> CocoSource | None:
     split_file = root / "annotations" / f"instances_{split}.json"
     if split_file.is_file():
         return CocoSource(layout="COCO instances JSON (annotations/instances_{split}.json)",
-                          annotation_file=split_file, split="all")
+                          annotation_file=split_file, hash_split="all")
     split_files = sorted(p for p in (root / "annotations").glob("instances_*.json")
                          if p.stem not in COCO_UNSPLIT_NAMES)
     if split_files:
@@ -270,9 +260,8 @@ def _coco_split_file(root: Path, split: str) -> CocoSource | None:
 def _coco_single_file(root: Path, split: str) -> CocoSource | None:
     unsplit = sorted(p for folder in (root, root / "annotations") for p in folder.glob("*.json"))
     if len(unsplit) == 1:
-        in_split("", split)  # refuses split names a data set without splits does not have
         return CocoSource(layout=f"COCO instances JSON ({unsplit[0].relative_to(root)})",
-                          annotation_file=unsplit[0], split=split)
+                          annotation_file=unsplit[0], hash_split=split)
     return None
 
 
@@ -314,7 +303,7 @@ def _yolo_yaml(data_yaml: Path, split: str) -> YoloSource:
         for image in _yolo_images(base, item, data_yaml):
             images.setdefault(image, _ultralytics_label_path(image))
     return YoloSource(layout=f"YOLO ({data_yaml.name})", images=tuple(images.items()), class_names=names,
-                      description=f"{data_yaml} [{split}]")
+                      hash_split="all", description=f"{data_yaml} [{split}]")
 
 
 def _yolo_names(names, data_yaml: Path) -> tuple[str, ...]:
@@ -407,11 +396,12 @@ def _yolo_folders(root: Path, image_dir: Path, split: str) -> YoloSource | None:
         chosen = list(splits.values()) if split == "all" else [splits.get(split)]
         if chosen[0] is None:
             raise DatasetError(f"{root} has no split '{split}' (it has: {', '.join(sorted(splits))})")
-        images = [p for folder in chosen for p in _image_files(folder)]
+        images, hash_split = [p for folder in chosen for p in _image_files(folder)], "all"
     else:
-        images = [p for p in _image_files(image_dir) if in_split(p.stem, split)]
+        images, hash_split = _image_files(image_dir), split
     pairs = tuple((image, (label_dir / image.relative_to(image_dir)).with_suffix(".txt")) for image in images)
-    return YoloSource(layout=f"YOLO ({kind})", images=pairs, class_names=names, description=description)
+    return YoloSource(layout=f"YOLO ({kind})", images=pairs, class_names=names, hash_split=hash_split,
+                      description=description)
 
 
 def _yolo_names_file(*folders: Path) -> tuple[str, ...] | None:
