@@ -16,8 +16,8 @@ from training.datasets import DatasetWarning, UnreadableImage
 from training.engine import coco_map, format_metrics_table, train_one_epoch
 from training.presets import RandomHorizontalFlip
 from training.synthetic import render_image
-from training.utils import (Agreement, GroupedBatchSampler, StepState, agree, aspect_ratio_groups, collate_as_lists,
-                            reduce_dict)
+from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
+from training.distributed import Agreement, StepState, agree, reduce_dict
 
 NAMES = ["cat", "dog", "owl"]
 

@@ -15,9 +15,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from training import mixed_precision, utils
+from training import distributed, mixed_precision
 from training.datasets import DatasetWarning, UnreadableImage
-from training.utils import StepFailedError, StepState
+from training.distributed import StepFailedError, StepState
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,10 +47,10 @@ def train_one_epoch(
     show_progress: bool = True,
     on_step: Callable[[int, dict[str, float], float], None] | None = None,
 ) -> EpochResult:
-    """Trains one pass over ``data_loader`` (batches from ``utils.collate_as_lists``).
+    """Trains one pass over ``data_loader`` (batches from ``batching.collate_as_lists``).
 
-    Under DDP the processes agree before and after each forward pass (``utils.agree``), so they train,
-    skip or stop the same steps together; see ``training/utils.py``.
+    Under DDP the processes agree before and after each forward pass (``distributed.agree``), so they
+    train, skip or stop the same steps together; see ``training/distributed.py``.
 
     Args:
         warmup_iters: linear LR warm-up over the first iterations of this epoch (0: none).
@@ -103,7 +103,7 @@ def train_one_epoch(
         except Exception as exc:  # out of memory, a bad box, ...
             error = exc
         _agree_or_stop(StepState.FAILED if error else StepState.READY, error, epoch=epoch, step=step)
-        reduced = utils.reduce_dict(loss_dict)
+        reduced = distributed.reduce_dict(loss_dict)
         total = sum(reduced.values()).item()
         if not math.isfinite(total):
             raise NonFiniteLossError(
@@ -124,21 +124,21 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     bar.close()
     # Each process skipped its own images; rank 0 logs them all.
-    every_unreadable = utils.gather_to_main([str(image) for image in unreadable])
+    every_unreadable = distributed.gather_to_main([str(image) for image in unreadable])
     return EpochResult(losses={key: value / max(steps, 1) for key, value in sums.items()},
                        lr=optimizer.param_groups[0]["lr"], steps=steps, unreadable_images=every_unreadable)
 
 
 def _agree_or_stop(state: StepState, error: Exception | None, *, epoch: int, step: int) -> StepState:
-    """``utils.agree`` on this process's state; raises StepFailedError on every process when one failed."""
+    """``distributed.agree`` on this process's state; raises StepFailedError on every process when one failed."""
     message = None
     if error is not None:
         lines = str(error).strip().splitlines()
         message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    agreed = utils.agree(state, message)
+    agreed = distributed.agree(state, message)
     if agreed.state is StepState.FAILED:
-        who = f"rank {agreed.failed_rank} of {utils.get_world_size()} failed" if utils.get_world_size() > 1 \
-            else "training failed"
+        world = distributed.get_world_size()
+        who = f"rank {agreed.failed_rank} of {world} failed" if world > 1 else "training failed"
         raise StepFailedError(f"{who} at epoch {epoch} step {step}: {agreed.message}") from error
     return agreed.state
 
@@ -155,7 +155,7 @@ class Predictions:
 @torch.inference_mode()
 def predict(model: torch.nn.Module, data_loader: Iterable, device: torch.device,
             show_progress: bool = False) -> Predictions:
-    """Runs the model in eval mode over a loader (batches from ``utils.collate_as_lists``)."""
+    """Runs the model in eval mode over a loader (batches from ``batching.collate_as_lists``)."""
     model.eval()
     found = Predictions(targets=[], predictions=[], unreadable_images=[])
     for batch in tqdm(data_loader, desc="evaluate", disable=not show_progress, dynamic_ncols=True):
@@ -235,9 +235,9 @@ def evaluate(model: torch.nn.Module, data_loader: Iterable, device: torch.device
     Under DDP each process predicts the images of its own loader (its share of the set, no collective per
     batch) and rank 0 scores them all; the other processes return None.
     """
-    utils.broadcast_buffers(model)
-    shares = utils.gather_to_main([predict(model, data_loader, device, show_progress)])
-    if not utils.is_main_process():
+    distributed.broadcast_buffers(model)
+    shares = distributed.gather_to_main([predict(model, data_loader, device, show_progress)])
+    if not distributed.is_main_process():
         return None
     metrics = coco_map([t for share in shares for t in share.targets],
                        [p for share in shares for p in share.predictions], class_names)

@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from handler.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.batching import collate_as_lists
 from training.datasets import DatasetError, open_dataset
 from training.engine import evaluate, format_metrics_table
-from training.utils import collate_as_lists
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ Seed defaults: SGD(lr=0.001, momentum=0.9, weight_decay=0.0005), CosineAnnealing
 eta_min=1e-5). Each epoch ends with mAP on the validation split, logged to ``OUTPUT_DIR/log.jsonl`` with the
 images that failed to decode and were skipped. ``--resume`` takes any checkpoint this project wrote, also a
 serving copy without optimizer state; the schedule always ends at ``--eta-min`` at ``--epochs``. Under DDP
-the processes fail together (see ``training/utils.py``).
+the processes fail together (see ``training/distributed.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import tempfile
 import time
@@ -32,15 +33,16 @@ from handler.checkpoint import (CheckpointError, checkpoint_name, epoch_checkpoi
                                 model_from_checkpoint, save_checkpoint)
 from handler.detector import BACKBONES, build_detector_from_config, model_config
 from handler.settings import ServingSettings
-from training import utils
 from training.backbones import backbone_start_state, default_backbone_weights
+from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
 from training.datasets import DatasetError, open_dataset
+from training.distributed import (StepFailedError, barrier, get_rank, get_world_size, init_distributed,
+                                  is_main_process)
 from training.engine import NonFiniteLossError, evaluate, format_metrics_table, train_one_epoch
 from training.events import TrainingCurves
 from training.layouts import FORMATS
 from training.mixed_precision import grad_scaler
 from training.presets import train_transforms
-from training.utils import StepFailedError
 
 UNREADABLE_SHOWN = 10  # unreadable images named in the closing summary (log.jsonl names all)
 MAR_MANIFEST = "MAR-INF/MANIFEST.json"  # what makes a zip file a TorchServe model archive
@@ -132,20 +134,20 @@ def build_loaders(args, class_names, distributed: bool):
                              transforms=train_transforms(hflip_prob=args.hflip_prob))
     sampler = DistributedSampler(train_set, seed=args.seed) if distributed else RandomSampler(train_set)
     if args.aspect_ratio_group:
-        groups = utils.aspect_ratio_groups([train_set.image_size(i) for i in range(len(train_set))])
-        batch_sampler = utils.GroupedBatchSampler(sampler, groups, args.batch_size)
+        groups = aspect_ratio_groups([train_set.image_size(i) for i in range(len(train_set))])
+        batch_sampler = GroupedBatchSampler(sampler, groups, args.batch_size)
     else:
         batch_sampler = torch.utils.data.BatchSampler(sampler, args.batch_size, drop_last=False)
     train_loader = DataLoader(train_set, batch_sampler=batch_sampler, num_workers=args.workers,
-                              collate_fn=utils.collate_as_lists, persistent_workers=args.workers > 0)
+                              collate_fn=collate_as_lists, persistent_workers=args.workers > 0)
     val_loader = None
     if args.val_split:
         val_set = open_dataset(args.data, args.val_split, format=args.format, class_names=train_set.class_names,
                                include_difficult=True)
         # Each process evaluates its own share of the images (every world-th one, none twice).
         val_loader = DataLoader(val_set, batch_size=args.batch_size,
-                                sampler=range(utils.get_rank(), len(val_set), utils.get_world_size()),
-                                num_workers=args.workers, collate_fn=utils.collate_as_lists)
+                                sampler=range(get_rank(), len(val_set), get_world_size()),
+                                num_workers=args.workers, collate_fn=collate_as_lists)
     return train_set, sampler, train_loader, val_loader
 
 
@@ -236,12 +238,17 @@ def restore_training_state(
     return done + 1
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def train(args: argparse.Namespace) -> dict:
     """Runs the whole training; returns the last epoch's log record."""
-    rank, world, local_rank = utils.init_distributed()
+    rank, world, local_rank = init_distributed()
     distributed = world > 1
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
-    utils.seed_everything(args.seed + rank)
+    seed_everything(args.seed + rank)
     class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
 
     resumed = read_resume_checkpoint(args.resume) if args.resume else None
@@ -275,7 +282,7 @@ def train(args: argparse.Namespace) -> dict:
                                              scaler=scaler, source=args.resume)
 
     output_dir = Path(args.output_dir)
-    main = utils.is_main_process()
+    main = is_main_process()
     curves = None
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +330,7 @@ def train(args: argparse.Namespace) -> dict:
                 print(f"epoch {epoch}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
                       + (f", mAP@0.5 {record['map50']:.3f}" if "map50" in record else "") + f" -> {path}"
                       + (f" (deleted {', '.join(old.name for old in removed)})" if removed else ""))
-            utils.barrier()
+            barrier()
     finally:  # a failed run keeps its events and curves.png up to the failure
         if curves:
             curves.close()
@@ -348,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         # Raised by every process together: rank 0 says it once; the process that failed adds its traceback.
         if exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__)
-        if utils.is_main_process():
+        if is_main_process():
             print(f"error: {exc}", file=sys.stderr)
         return 1
     except (DatasetError, CheckpointError, ValueError) as exc:

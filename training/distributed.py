@@ -1,91 +1,28 @@
-"""Batching and multi-process helpers for training (torchrun / DDP).
+"""Ranks and collectives of a torchrun (DDP) training, and the protocol that makes its processes fail together.
 
-How the processes of a DDP run fail together: the forward pass of every training step sits between two calls
-of ``agree``, one small all_reduce in which each process says whether it is ready, has nothing to train on,
-has run out of batches or has failed (its loader or its forward pass raised). All of them then take the same
-path: they train the step, skip it, end the epoch, or raise the same ``StepFailedError`` (the failed process's
-message, broadcast), so none is left waiting in a collective. Losses are averaged across processes
-(``reduce_dict``) before the non-finite check, so a NaN on one process stops them all at the same step. A
-failure outside a step (a crash, a kill, an error while rank 0 writes a checkpoint) ends that process with an
-error; torchrun (``--max-restarts 0``, its default) then stops the others within its monitor interval (0.1 s).
-Evaluation is shared: each process predicts its own part of the validation set and rank 0 scores all of it
-(``gather_to_main``), so no process waits for a whole evaluation and the default process-group timeout (30 min
-gloo, 10 min nccl) is never what ends a run. Per step that is three tiny collectives (two ``agree``, one
-``reduce_dict``) next to DDP's own.
+How the processes of a DDP run fail together: the forward pass of every training step sits between two calls of
+``agree`` (``training.engine.train_one_epoch``), one small all_reduce in which each process says whether it is
+ready, has nothing to train on, has run out of batches or has failed (its loader or its forward pass raised).
+All of them then take the same path: they train the step, skip it, end the epoch, or raise the same
+``StepFailedError`` (the failed process's message, broadcast), so none is left waiting in a collective. Losses
+are averaged across processes (``reduce_dict``) before the non-finite check, so a NaN on one process stops them
+all at the same step. A failure outside a step (a crash, a kill, an error while rank 0 writes a checkpoint) ends
+that process with an error; torchrun (``--max-restarts 0``, its default) then stops the others within its
+monitor interval (0.1 s). Evaluation is shared: each process predicts its own part of the validation set and
+rank 0 scores all of it (``gather_to_main``), so no process waits for a whole evaluation and the default
+process-group timeout (30 min gloo, 10 min nccl) is never what ends a run. Per step that is three tiny
+collectives (two ``agree``, one ``reduce_dict``) next to DDP's own.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-import random
-from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
-
-from training.datasets import UnreadableImage
-
-
-@dataclass
-class Batch:
-    """A training or evaluation batch: images of different sizes as a list, and the images left out."""
-
-    images: list[torch.Tensor]
-    targets: list[dict]
-    unreadable: list[UnreadableImage]
-
-
-def collate_as_lists(samples: Sequence[tuple[torch.Tensor, dict] | UnreadableImage]) -> Batch:
-    """Keeps images of different sizes apart (detection models take a list, never a stacked tensor) and
-    sets aside the images that failed to decode, so the batch trains on the others."""
-    readable = [sample for sample in samples if not isinstance(sample, UnreadableImage)]
-    return Batch(images=[image for image, _ in readable], targets=[target for _, target in readable],
-                 unreadable=[sample for sample in samples if isinstance(sample, UnreadableImage)])
-
-
-class GroupedBatchSampler(Sampler[list[int]]):
-    """Batches indices that share a group (e.g. landscape vs portrait), so padding wastes little.
-
-    Args:
-        sampler: yields the indices of this process (a RandomSampler or DistributedSampler).
-        group_ids: group of every index of the data set.
-        batch_size: images per batch; leftovers of the groups are batched together at the end.
-    """
-
-    def __init__(self, sampler: Sampler[int], group_ids: Sequence[int], batch_size: int) -> None:
-        self.sampler = sampler
-        self.group_ids = list(group_ids)
-        self.batch_size = batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for index in self.sampler:
-            bucket = buckets[self.group_ids[index]]
-            bucket.append(index)
-            if len(bucket) == self.batch_size:
-                yield bucket.copy()
-                bucket.clear()
-        leftovers = [i for bucket in buckets.values() for i in bucket]
-        for start in range(0, len(leftovers), self.batch_size):
-            yield leftovers[start:start + self.batch_size]
-
-    def __len__(self) -> int:
-        # An upper bound is not allowed here: count exactly what __iter__ yields for this sampler's indices.
-        counts: dict[int, int] = defaultdict(int)
-        for index in self.sampler:
-            counts[self.group_ids[index]] += 1
-        full = sum(n // self.batch_size for n in counts.values())
-        leftovers = sum(n % self.batch_size for n in counts.values())
-        return full + -(-leftovers // self.batch_size)
-
-
-def aspect_ratio_groups(sizes: Sequence[tuple[int, int]]) -> list[int]:
-    """0 for landscape or square images, 1 for portrait ones."""
-    return [0 if width >= height else 1 for width, height in sizes]
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -184,11 +121,6 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
     if dist.is_initialized():
         for buffer in model.buffers():
             dist.broadcast(buffer.data, src=0)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _collective_device() -> torch.device:
