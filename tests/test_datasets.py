@@ -20,7 +20,7 @@ from training.datasets import (
     open_dataset,
 )
 from tests.test_decode import malformed_exif_png
-from training.presets import RandomHorizontalFlip
+from training.augmentation import RandomHorizontalFlip
 
 RACCOON = Path(__file__).resolve().parent / "data" / "raccoon"  # see tests/data/README.md
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -33,6 +33,7 @@ from handler.checkpoint import (CheckpointError, checkpoint_name, epoch_checkpoi
                                 model_from_checkpoint, save_checkpoint)
 from handler.detector import BACKBONES, build_detector_from_config, model_config
 from handler.settings import ServingSettings
+from training.augmentation import train_transforms
 from training.backbones import backbone_start_state, default_backbone_weights
 from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
 from training.datasets import DatasetError, open_dataset
@@ -42,7 +43,6 @@ from training.engine import NonFiniteLossError, evaluate, format_metrics_table, 
 from training.events import TrainingCurves
 from training.layouts import FORMATS
 from training.mixed_precision import grad_scaler
-from training.presets import train_transforms
 
 UNREADABLE_SHOWN = 10  # unreadable images named in the closing summary (log.jsonl names all)
 MAR_MANIFEST = "MAR-INF/MANIFEST.json"  # what makes a zip file a TorchServe model archive
