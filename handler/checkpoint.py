@@ -19,6 +19,7 @@ import torch
 from torchvision.models.detection import FasterRCNN
 
 from .detector import build_detector_from_config
+from .text import error_line
 
 REQUIRED_KEYS = ("model", "epoch", "model_config", "class_names")
 _EPOCH_FILE = re.compile(r"^Epoch\.(\d+)\.pth$")
@@ -155,8 +156,7 @@ def _load_failure(exc: Exception) -> str:
     """One line on why torch.load failed (torch's own weights-only message is several paragraphs)."""
     if "Weights only load failed" in str(exc):
         return "it holds Python objects, not only tensors and plain values (e.g. a whole pickled model)"
-    first_line = str(exc).strip().split("\n")[0]
-    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+    return error_line(exc, with_type=True)
 
 
 def _plain_arg(value: Any) -> Any:

@@ -124,26 +124,32 @@ class ModelInputSize:
 
 
 @dataclass(frozen=True)
-class DecodedImage:
-    """An upload decoded for a model.
+class ModelImage:
+    """One image for the model (``Tagger.detect``), as ``decode_for_model`` makes it from an upload.
 
     Args:
-        pixels: uint8 ``[3, h, w]``, upright RGB, shrunk to the model's input size (never enlarged).
-        width / height: the upright upload's own size, the pixels its boxes are reported in.
+        pixels: ``[3, h, w]``, upright RGB, uint8 or float in [0, 1], at most the model's input size.
+        width / height: the size its boxes are reported in: the upright upload's own (larger when it was shrunk).
     """
 
     pixels: torch.Tensor
     width: int
     height: int
 
+    @classmethod
+    def of(cls, pixels: torch.Tensor) -> ModelImage:
+        """An image whose boxes are reported in its own pixels."""
+        return cls(pixels=pixels, width=pixels.shape[-1], height=pixels.shape[-2])
+
 
 @dataclass(frozen=True)
 class _Upright:
-    """``_decode``'s picture: upright, RGB, and its upright upload's size."""
+    """``_decode``'s picture: upright, RGB; its upright upload's size, and the upright size it is shrunk to."""
 
     image: Image.Image
     width: int
     height: int
+    shrunk: tuple[int, int]  # (width, height)
 
 
 def decode_image(data: bytes | bytearray, *, max_pixels: int | None = None) -> Image.Image:
@@ -162,7 +168,7 @@ def decode_image(data: bytes | bytearray, *, max_pixels: int | None = None) -> I
 
 def decode_for_model(
     data: bytes | bytearray, *, fit: ModelInputSize, max_pixels: int | None = None
-) -> DecodedImage:
+) -> ModelImage:
     """Decodes image bytes as ``decode_image`` does, shrunk in 8 bits to the size the model resizes it to.
 
     A JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of its size that is still at least that size
@@ -180,10 +186,10 @@ def decode_for_model(
     """
     upright = _decode(data, max_pixels=max_pixels, fit=fit)
     pixels = TF.pil_to_tensor(upright.image)
-    width, height = fit.shrunk(upright.width, upright.height)
+    width, height = upright.shrunk
     if tuple(pixels.shape[-2:]) != (height, width):
         pixels = _shrink_rgb(pixels, (height, width))
-    return DecodedImage(pixels=pixels, width=upright.width, height=upright.height)
+    return ModelImage(pixels=pixels, width=upright.width, height=upright.height)
 
 
 def _shrink_rgb(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -245,7 +251,8 @@ def _decode(data: bytes | bytearray, *, max_pixels: int | None, fit: ModelInputS
         raise EmptyImageError("the image is empty (0 bytes)")
     image = _open(io.BytesIO(data), max_pixels=max_pixels)
     width, height = image.size
-    # The scale depends on the short and the long side only, so it is the same before and after rotation.
+    # The size as stored; the scale depends on the short and the long side only, so turned upright (below)
+    # it is the upright picture's.
     target = fit.shrunk(width, height) if fit is not None else (width, height)
     try:
         if target != image.size:
@@ -256,14 +263,15 @@ def _decode(data: bytes | bytearray, *, max_pixels: int | None, fit: ModelInputS
             image = _resampleable(image).resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
         if orientation in _UPRIGHT:
             image = image.transpose(_UPRIGHT[orientation])
-            width, height = (height, width) if orientation >= 5 else (width, height)
+            if orientation >= 5:
+                width, height, target = height, width, target[::-1]
     except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
         raise NotAnImageError(
             f"the {image.format} image is corrupt or truncated and cannot be decoded ({exc})"
         ) from None
     upright = _to_rgb(image)
     upright.info.pop("exif", None)  # the orientation is applied: nothing may apply it again
-    return _Upright(image=upright, width=width, height=height)
+    return _Upright(image=upright, width=width, height=height, shrunk=target)
 
 
 def _resampleable(image: Image.Image) -> Image.Image:

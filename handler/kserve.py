@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .request_parsing import JSON_IMAGE_FIELD, RequestError
+from .request_parsing import JSON_IMAGE_FIELD, RAW_BODY, RequestError
 
 V1_INSTANCES = "instances"
 V2_INPUTS = "inputs"
@@ -66,28 +66,23 @@ def open_envelope(row: Any) -> tuple[Any, KServeEnvelope | None]:
     Any other row comes back as it is, with None.
 
     Args:
-        row: one element of the list TorchServe passes to the handler.
+        row: one element of the list TorchServe passes to the handler, its JSON parts read
+            (``request_parsing.read_json_parts``).
 
     Raises:
         RequestError: 400 for a KServe body that holds no image, more than one, or not a base64 string.
     """
-    body = row.get("body") if isinstance(row, Mapping) else None
-    if isinstance(body, (bytes, bytearray)) and bytes(body[:64]).lstrip()[:1] == b"{":
-        # TorchServe parses only "application/json" exactly: with a charset the JSON arrives as bytes.
-        try:
-            body = json.loads(bytes(body).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply
-            return row, None  # not JSON after all: request parsing reports it like any other body
+    body = row.get(RAW_BODY) if isinstance(row, Mapping) else None
     if not isinstance(body, Mapping):
         return row, None
     if V1_INSTANCES in body:
-        return {"body": _v1_instance(body[V1_INSTANCES])}, KServeEnvelope(protocol="v1")
+        return {RAW_BODY: _v1_instance(body[V1_INSTANCES])}, KServeEnvelope(protocol="v1")
     if V2_INPUTS in body:
         request_id = body.get("id")
         image = _v2_image(body[V2_INPUTS])
         options = {**_v2_parameters(body), **_v2_parameters(body[V2_INPUTS][0])}
         envelope = KServeEnvelope(protocol="v2", request_id=request_id if isinstance(request_id, str) else None)
-        return {"body": {JSON_IMAGE_FIELD: image, **options}}, envelope
+        return {RAW_BODY: {JSON_IMAGE_FIELD: image, **options}}, envelope
     return row, None
 
 

@@ -16,10 +16,9 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-if TYPE_CHECKING:
-    from .kserve import KServeEnvelope
+from .text import shorten
 
 RESPONSE_FORMATS = ("dict", "list")
 FORMAT_FIELD = "format"
@@ -52,12 +51,10 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class TagOptions:
-    """How one request wants its answer: ``response_format`` is "dict" or "list"; ``envelope`` wraps the answer
-    of a KServe v1/v2 request (None: the response as it is)."""
+    """How one request wants its answer: ``response_format`` is "dict" or "list"."""
 
     response_format: str
     threshold: float
-    envelope: KServeEnvelope | None = None
 
 
 @dataclass(frozen=True)
@@ -66,18 +63,42 @@ class TagRequest:
     options: TagOptions
 
 
+def read_json_parts(row: Any, headers: Mapping[str, Any]) -> Any:
+    """The row with each part whose Content-Type says JSON parsed: the one place a request's JSON is read.
+
+    TorchServe parses a part sent as exactly ``application/json``; with a parameter (``; charset=utf-8``) the
+    part arrives as bytes, and is parsed here. Other rows come back as they are.
+
+    Args:
+        row: one element of the list TorchServe passes to the handler.
+        headers: that request's headers, with each part's own Content-Type (see ``parse_request``).
+
+    Raises:
+        RequestError: 400 for a part that says it is JSON but is not.
+    """
+    if not isinstance(row, Mapping):
+        return row
+    return {
+        name: _json_part(name, value)
+        if isinstance(value, (bytes, bytearray)) and _part_content_type(headers, name).startswith("application/json")
+        else value
+        for name, value in row.items()
+    }
+
+
 def parse_request(row: Any, headers: Mapping[str, Any], *, defaults: TagOptions) -> TagRequest:
     """Finds the one image of a request and its options (body fields first, then headers, then defaults).
 
     Args:
-        row: one element of the list TorchServe passes to the handler.
+        row: one element of the list TorchServe passes to the handler, its JSON parts read
+            (``read_json_parts``) and a KServe body opened (``kserve.open_envelope``).
         headers: that request's headers (``context.get_all_request_header(idx)``); TorchServe puts each
             body part's own Content-Type there too, as ``{part_name: {"content-type": ...}}``.
         defaults: the options of a request that names none.
 
     Raises:
-        RequestError: 400 no image, two images, broken JSON or base64, an explain or describe request;
-            422 a bad format or threshold.
+        RequestError: 400 no image, two images, a JSON body that is not an object, broken base64, an explain
+            or describe request; 422 a bad format or threshold.
     """
     for header in OTHER_PATH_HEADERS:
         if (header_value(headers, header) or "").strip().lower() == "true":
@@ -92,8 +113,6 @@ def parse_request(row: Any, headers: Mapping[str, Any], *, defaults: TagOptions)
     fields: dict[str, Any] = {}
     text_parts: list[str] = []
     for name, value in row.items():
-        if isinstance(value, (bytes, bytearray)) and _part_content_type(headers, name).startswith("application/json"):
-            value = _json_part(name, value)
         if str(name).lower() in (FORMAT_FIELD, THRESHOLD_FIELD):
             fields[str(name).lower()] = value
         elif isinstance(value, Mapping):
@@ -222,5 +241,4 @@ def _text(value: Any, field: str) -> str:
 def _show(value: Any, limit: int = 40) -> str:
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8", "replace")
-    shown = repr(value)
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+    return shorten(repr(value), limit)

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,12 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler.core_sharing import CoreSharing, record_folder
 from handler.decode import ImageError
 from handler.kserve import open_envelope
-from handler.request_parsing import RequestError, TagOptions, parse_request
+from handler.request_parsing import RequestError, TagOptions, parse_request, read_json_parts
+from handler.rows import Prepared, Refusal, Tagged
 from handler.settings import settings_from_config
 from handler.sizing import configured_workers, cpu_cores, worker_layout
-from handler.tagging import Detection, Prepared, Refusal, Tagged, Tagger, detections_above, format_response
+from handler.tagging import Detection, ModelFailure, Tagger, detections_above, format_response
+from handler.text import error_line, shorten
 
 logger = logging.getLogger(__name__)
 MESSAGE_LIMIT = 200  # characters of an unforeseen exception's message quoted in an answer
@@ -88,10 +89,13 @@ class TaggerHandler(BaseHandler):
         prepared: list[Prepared | Refusal] = []
         for idx, row in enumerate(data):
             try:
-                row, envelope = open_envelope(row)  # a KServe v1/v2 body: its one image as a plain JSON row
-                request = parse_request(row, self.context.get_all_request_header(idx), defaults=defaults)
+                headers = self.context.get_all_request_header(idx)
+                # The KServe envelope is opened around the request, as TorchServe's own request envelopes
+                # wrap ``handle``: the request inside is parsed like any other.
+                row, envelope = open_envelope(read_json_parts(row, headers))
+                request = parse_request(row, headers, defaults=defaults)
                 image = self.tagger.load_image(request.image, max_pixels=self.settings.max_pixels)
-                prepared.append(Prepared(options=replace(request.options, envelope=envelope), image=image))
+                prepared.append(Prepared(options=request.options, envelope=envelope, image=image))
             except (RequestError, ImageError) as refusal:
                 prepared.append(Refusal.of(refusal))
             except Exception as exc:  # anything unforeseen in one stranger's request is that request's problem
@@ -109,10 +113,14 @@ class TaggerHandler(BaseHandler):
                                                       before_each_call=before_each_call))
         results: list[Tagged | Refusal] = []
         for item in data:
-            outcome = next(found) if isinstance(item, Prepared) else item  # detections, or the row's Refusal
+            outcome = next(found) if isinstance(item, Prepared) else item  # detections, a failure, or a Refusal
             if isinstance(outcome, list):
-                outcome = Tagged(options=item.options, width=item.image.width, height=item.image.height,
-                                 detections=outcome)
+                outcome = Tagged(options=item.options, envelope=item.envelope, width=item.image.width,
+                                 height=item.image.height, detections=outcome)
+            elif isinstance(outcome, ModelFailure):  # the model failed on this image alone
+                reason = shorten(outcome.reason, MESSAGE_LIMIT)
+                outcome = Refusal(status=500, error="inference_failed",
+                                  message=f"the model failed on this image ({reason})")
             results.append(outcome)
         self._add_time("TaggerInferenceTime", started)
         self.context.metrics.add_counter("TaggerImages", len(accepted))
@@ -145,9 +153,9 @@ class TaggerHandler(BaseHandler):
         """The response to one tagged request: the asked format, in its KServe envelope if it came in one."""
         response = format_response(kept, response_format=item.options.response_format, width=item.width,
                                    height=item.height)
-        if item.options.envelope is not None:
+        if item.envelope is not None:
             model = self.manifest["model"]
-            response = item.options.envelope.wrap(response, model_name=model["modelName"],
+            response = item.envelope.wrap(response, model_name=model["modelName"],
                                                   model_version=model["modelVersion"],
                                                   torchserve_id=self.context.get_request_id(idx))
         return response
@@ -157,12 +165,10 @@ class TaggerHandler(BaseHandler):
 
 
 def _quote(exc: BaseException) -> str:
-    """``Type: message`` of an exception, cut to ``MESSAGE_LIMIT`` characters."""
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+    """An unforeseen exception as quoted in an answer: ``Type: message``, one line, ``MESSAGE_LIMIT`` long."""
+    return shorten(error_line(exc, with_type=True), MESSAGE_LIMIT)
 
 
 def _reason_phrase(message: str, limit: int = 200) -> str:
     """The message as an HTTP reason phrase: one line of printable ASCII (the Java front end sends it as is)."""
-    phrase = " ".join(message.split()).encode("ascii", "replace").decode("ascii")
-    return phrase if len(phrase) <= limit else phrase[: limit - 3] + "..."
+    return shorten(" ".join(message.split()).encode("ascii", "replace").decode("ascii"), limit)

@@ -1,5 +1,6 @@
-"""The tagging core: a checkpoint in, detections and tag responses out. It knows nothing of TorchServe,
-so the client, the benchmarks or another server can use it as is.
+"""The tagging core: a checkpoint in, detections and tag responses out. It knows nothing of TorchServe, HTTP
+or request parsing, so the client, the benchmarks or another server can use it as is: it returns detections,
+a ``ModelFailure`` for an image the model failed on, and raises ``ImageError`` for an upload it cannot decode.
 
 An upload is decoded straight to the model's input size in 8 bits (``Tagger.load_image``); images go to the
 model as one list of tensors of their own sizes (torchvision resizes and batches them); boxes come back in
@@ -19,8 +20,8 @@ import torch
 from torchvision.models.detection import FasterRCNN
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .decode import ImageError, ModelInputSize, decode_for_model
-from .request_parsing import RequestError, TagOptions
+from .decode import ModelImage, ModelInputSize, decode_for_model
+from .text import error_line
 
 logger = logging.getLogger(__name__)
 
@@ -45,57 +46,14 @@ class Detection:
 
 
 @dataclass(frozen=True)
-class ModelImage:
-    """One image for ``Tagger.detect``.
+class ModelFailure:
+    """An image the model failed on by itself (``Tagger.detect_with_fallback``).
 
     Args:
-        pixels: ``[3, h, w]``, uint8 or float in [0, 1], at most the model's input size.
-        width / height: the size its boxes are reported in: the uploaded image's (larger when it was shrunk).
+        reason: the model's exception as one line, ``Type: message``.
     """
 
-    pixels: torch.Tensor
-    width: int
-    height: int
-
-    @classmethod
-    def of(cls, pixels: torch.Tensor) -> ModelImage:
-        """An image whose boxes are reported in its own pixels."""
-        return cls(pixels=pixels, width=pixels.shape[-1], height=pixels.shape[-2])
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A request answered with an error instead of tags: its HTTP status, short code and message."""
-
-    status: int
-    error: str
-    message: str
-
-    @classmethod
-    def of(cls, error: RequestError | ImageError) -> Refusal:
-        return cls(status=error.status, error=error.error, message=str(error))
-
-    def body(self) -> dict[str, str]:
-        """The JSON body: ``{"error": <code>, "message": <what to do>}``."""
-        return {"error": self.error, "message": self.message}
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A request ready for the model: its options and its image."""
-
-    options: TagOptions
-    image: ModelImage
-
-
-@dataclass(frozen=True)
-class Tagged:
-    """A request after the model: its options, the uploaded image's size and every detection, best first."""
-
-    options: TagOptions
-    width: int
-    height: int
-    detections: list[Detection]
+    reason: str
 
 
 class Tagger:
@@ -170,8 +128,7 @@ class Tagger:
         Raises:
             ImageError: empty, unreadable, unsupported or over ``max_pixels``.
         """
-        decoded = decode_for_model(data, fit=self.input_size, max_pixels=max_pixels)
-        return ModelImage(pixels=decoded.pixels, width=decoded.width, height=decoded.height)
+        return decode_for_model(data, fit=self.input_size, max_pixels=max_pixels)
 
     def detect(
         self, images: Sequence[ModelImage | torch.Tensor], *, before_each_call: Callable[[], object] | None = None
@@ -214,22 +171,21 @@ class Tagger:
 
     def detect_with_fallback(
         self, images: Sequence[ModelImage], *, before_each_call: Callable[[], object] | None = None
-    ) -> list[list[Detection] | Refusal]:
+    ) -> list[list[Detection] | ModelFailure]:
         """``detect`` for a batch of strangers' images: when the model call fails for the batch, each image
-        runs alone, so only an image that fails by itself is answered with a 500 ``Refusal``."""
+        runs alone, so only an image that fails by itself gets a ``ModelFailure`` instead of its detections."""
         try:
             return list(self.detect(images, before_each_call=before_each_call))
         except Exception:
             logger.warning("the model failed on a batch of %d images; running them one by one", len(images),
                            exc_info=True)
-        results: list[list[Detection] | Refusal] = []
+        results: list[list[Detection] | ModelFailure] = []
         for image in images:
             try:
                 results.extend(self.detect([image], before_each_call=before_each_call))
             except Exception as exc:
                 logger.error("the model failed on a %dx%d image", image.width, image.height, exc_info=True)
-                results.append(Refusal(status=500, error="inference_failed",
-                                       message=f"the model failed on this image ({type(exc).__name__}: {exc})"))
+                results.append(ModelFailure(reason=error_line(exc, with_type=True)))
         return results
 
     def _on_device(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,11 @@ from PIL import Image, ImageFilter
 import handler.decode as decode_module
 from handler.decode import (
     ACCEPTED_FORMATS,
-    DecodedImage,
     EmptyImageError,
     ImageError,
     NotAnImageError,
     TooManyPixelsError,
+    ModelImage,
     ModelInputSize,
     UnsupportedImageFormatError,
     decode_for_model,
@@ -424,7 +424,7 @@ def test_decode_for_model_shrinks_to_the_model_input_and_keeps_the_upload_size()
     assert np.abs(rows_columns(decoded)[160, 380] - BLUE).max() < 20
 
 
-def rows_columns(decoded: DecodedImage) -> np.ndarray:
+def rows_columns(decoded: ModelImage) -> np.ndarray:
     """The decoded pixels as an int array [H, W, 3], as ``np.asarray`` gives a Pillow image."""
     return decoded.pixels.permute(1, 2, 0).numpy().astype(int)
 

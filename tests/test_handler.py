@@ -35,7 +35,10 @@ from ts.utils.util import list_classes_from_module
 import handler.tagger_handler as tagger_handler_module
 from benchmarks.gpu_check import BOX_TOLERANCE_PX, compare
 from handler.checkpoint import save_checkpoint
+from handler.decode import EmptyImageError, decode_image
 from handler.detector import build_detector_from_config, model_config
+from handler.request_parsing import RequestError
+from handler.rows import Refusal
 from handler.tagger_handler import TaggerHandler
 from handler.tagging import Detection
 from scripts.make_archive import build_archive
@@ -302,6 +305,32 @@ def test_each_error_status_in_one_batch(service):
     assert (replies[-1].body["width"], replies[-1].body["height"]) == (30, 20)
     assert "1,200,000" in replies[4].body["message"] and "1,000,000" in replies[4].body["message"]
     assert "PDF" in replies[3].body["message"]
+
+
+def test_error_body():
+    refusal = Refusal.of(RequestError(422, "bad_parameter", "format must be ..."))
+    assert (refusal.status, refusal.body()) == (422, {"error": "bad_parameter", "message": "format must be ..."})
+    with pytest.raises(EmptyImageError) as caught:
+        decode_image(b"")
+    assert Refusal.of(caught.value) == Refusal(400, "empty", "the image is empty (0 bytes)")
+
+
+def test_an_image_the_model_fails_on_is_answered_500_alone(service):
+    model = service._entry_point.__self__.tagger.model
+
+    def fail_on_77_wide(module, args):
+        if any(image.shape[-1] == 77 for image in args[0]):
+            raise RuntimeError("no kernel for this image\nsecond line of the trace")
+
+    hook = model.register_forward_pre_hook(fail_on_77_wide)
+    try:
+        replies = ask(service, [raw(noise(64, 48)), raw(noise(77, 40)), raw(noise(64, 48))])
+    finally:
+        hook.remove()
+    assert [r.status for r in replies] == [200, 500, 200]
+    assert replies[1].body == {"error": "inference_failed",
+                               "message": "the model failed on this image (RuntimeError: no kernel for this image)"}
+    assert replies[0].body == replies[2].body and replies[0].body["width"] == 64
 
 
 def test_files_people_have_are_answered_by_what_they_are(service):

@@ -26,6 +26,7 @@ from ts.model_server import load_properties
 from ts.version import __version__ as TORCHSERVE_VERSION
 
 from handler.kserve import KServeEnvelope, open_envelope
+from handler.request_parsing import read_json_parts
 from scripts.kserve_bundle import POD_WORKERS, get_args_parser, pod_model_config, write_bundle
 from scripts.serve import java_home
 from tests.kserve_pod import (
@@ -83,8 +84,9 @@ def v2_result(answer: requests.Response):
 def test_kserve_bodies_open_into_the_plain_json_request_and_other_rows_pass():
     plain_json, image = {"body": {"data": "QUJD"}}, {"body": bytearray(b"\xff\xd8\xff\xe0 a JPEG")}
     assert open_envelope(plain_json) == (plain_json, None) and open_envelope(image) == (image, None)
-    # JSON with a charset (as some clients send it), which TorchServe hands over as bytes.
-    assert open_envelope({"body": bytearray(b'{"instances": ["QUJD"]}')}) == (
+    # JSON with a charset (as some clients send it), which TorchServe hands over as bytes: read once, then opened.
+    charset = {"body": {"content-type": "application/json; charset=utf-8"}}
+    assert open_envelope(read_json_parts({"body": bytearray(b'{"instances": ["QUJD"]}')}, charset)) == (
         {"body": {"data": "QUJD"}}, KServeEnvelope(protocol="v1"))
     # v2 options: the request's parameters, overridden by the input's own.
     tensor = {"name": "x", "shape": [1], "datatype": "BYTES", "data": ["QUJD"], "parameters": {"threshold": 0.2}}

@@ -18,7 +18,7 @@ from torchvision.ops import box_iou
 
 from handler.checkpoint import CheckpointError
 from benchmarks.upload_memory import measure
-from handler.decode import EmptyImageError, ModelInputSize, decode_image, image_to_tensor
+from handler.decode import ModelImage, ModelInputSize, image_to_tensor
 from handler.detector import build_detector_from_config, model_config
 from handler.request_parsing import (
     UPLOAD_STYLES,
@@ -28,13 +28,13 @@ from handler.request_parsing import (
     parse_format,
     parse_request,
     parse_threshold,
+    read_json_parts,
 )
 from handler.settings import ServingSettings, settings_from_config
 from handler.tagging import (
     MIN_RESIZED_SIDE,
     Detection,
-    ModelImage,
-    Refusal,
+    ModelFailure,
     Tagger,
     detections_above,
     format_response,
@@ -43,6 +43,11 @@ from handler.tagging import (
 from training.synthetic import CLASS_NAMES, render_image
 
 DEFAULTS = TagOptions(response_format="dict", threshold=0.5)
+
+
+def read_request(row, headers):
+    """A row read as the handler reads it: its JSON parts, then the request."""
+    return parse_request(read_json_parts(row, headers), headers, defaults=DEFAULTS)
 
 
 def jpeg_bytes(width: int, height: int, color=(200, 40, 40)) -> bytes:
@@ -78,9 +83,23 @@ def test_each_upload_style_gives_the_image_bytes():
          {"body": {"content-type": "application/json; charset=utf-8"}}),
     ]
     for row, headers in rows:
-        request = parse_request(row, headers, defaults=DEFAULTS)
+        request = read_request(row, headers)
         assert request.image == image, row.keys()
         assert request.options == DEFAULTS
+
+
+def test_json_parts_are_read_by_their_content_type_alone():
+    text = json.dumps({"instances": ["QUJD"]}).encode()
+    headers = {"body": {"content-type": "application/json; charset=utf-8"},
+               "extra": {"content-type": "application/octet-stream"}}
+    assert read_json_parts({"body": bytearray(text), "extra": b"{}"}, headers) == {
+        "body": {"instances": ["QUJD"]}, "extra": b"{}"}
+    # Bytes that only look like JSON stay the upload they say they are (an image: refused when decoded).
+    assert read_json_parts({"body": bytearray(text)}, {"body": {"content-type": "image/jpeg"}}) == {
+        "body": bytearray(text)}
+    assert read_json_parts({"body": {"data": "QUJD"}}, {"body": {"content-type": "application/json"}}) == {
+        "body": {"data": "QUJD"}}  # parsed by TorchServe already
+    assert read_json_parts("not a row", {}) == "not a row"
 
 
 def test_options_come_from_fields_then_headers_then_defaults():
@@ -133,7 +152,7 @@ def test_a_row_without_an_image_names_the_working_upload_styles():
 )
 def test_bad_requests_get_their_status(row, headers, status, error):
     with pytest.raises(RequestError) as caught:
-        parse_request(row, headers, defaults=DEFAULTS)
+        read_request(row, headers)
     assert (caught.value.status, caught.value.error) == (status, error)
 
 
@@ -177,7 +196,7 @@ def test_explain_and_describe_requests_are_refused(header):
 )
 def test_hostile_bodies_get_their_own_error(body, headers, error):
     with pytest.raises(RequestError) as caught:
-        parse_request({"body": body}, headers, defaults=DEFAULTS)
+        read_request({"body": body}, headers)
     assert caught.value.error == error and caught.value.status in (400, 422)
 
 
@@ -259,14 +278,6 @@ def test_dict_and_list_versions():
         "tags": [], "detections": [], "width": 3, "height": 4}
     with pytest.raises(ValueError):
         format_response(DETECTIONS, response_format="xml", width=1, height=1)
-
-
-def test_error_body():
-    refusal = Refusal.of(RequestError(422, "bad_parameter", "format must be ..."))
-    assert (refusal.status, refusal.body()) == (422, {"error": "bad_parameter", "message": "format must be ..."})
-    with pytest.raises(EmptyImageError) as caught:
-        decode_image(b"")
-    assert Refusal.of(caught.value) == Refusal(400, "empty", "the image is empty (0 bytes)")
 
 
 # --- the Tagger -------------------------------------------------------------------------------------------
@@ -419,8 +430,8 @@ def test_a_failing_image_fails_alone(eager_tagger):
     with pytest.raises(RuntimeError):
         eager_tagger.detect([good[0], four_channels, good[1]])
     first, failed, last = eager_tagger.detect_with_fallback([good[0], four_channels, good[1]])
-    assert isinstance(failed, Refusal) and (failed.status, failed.error) == (500, "inference_failed")
-    assert "RuntimeError" in failed.message
+    assert isinstance(failed, ModelFailure) and failed.reason.startswith("RuntimeError: ")
+    assert "\n" not in failed.reason
     assert [first, last] == eager_tagger.detect(good) and first
 
 
