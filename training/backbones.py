@@ -15,6 +15,7 @@ import torch
 from torchvision.models import ResNet50_Weights, VGG16_Weights
 
 from handler.detector import backbone_state_from_torchvision
+from handler.text import error_line
 
 # The classification weights each backbone's detector starts from, as in the Faster R-CNN paper.
 IMAGENET_WEIGHTS = {"vgg16": VGG16_Weights.IMAGENET1K_V1, "resnet50": ResNet50_Weights.IMAGENET1K_V1}
@@ -47,7 +48,7 @@ def backbone_start_state(backbone: str, weights: str) -> dict[str, torch.Tensor]
         state = torch.load(path, map_location="cpu", weights_only=True)
         return backbone_state_from_torchvision(backbone, state)
     except Exception as exc:  # not a state dict, or of another network
-        raise ValueError(f"cannot load {path} into the {backbone} backbone: {first_line(exc)}") from None
+        raise ValueError(f"cannot load {path} into the {backbone} backbone: {error_line(exc)}") from None
 
 
 def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
@@ -67,7 +68,7 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
             torch.hub.download_url_to_file(weights.url, str(cached), progress=True)
         except OSError as exc:
             raise ValueError(
-                f"cannot download the ImageNet weights of {backbone} ({first_line(exc)}): put {cached.name} "
+                f"cannot download the ImageNet weights of {backbone} ({error_line(exc)}): put {cached.name} "
                 f"(from {weights.url}) into {cached.parent}") from None
     return weights.get_state_dict(progress=False)
 
@@ -76,9 +77,3 @@ def imagenet_file(backbone: str) -> Path:
     """Where torchvision keeps the ImageNet weights of ``backbone`` (the torch cache)."""
     url = IMAGENET_WEIGHTS[backbone].url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-
-
-def first_line(exc: Exception) -> str:
-    """The first line of an exception's message (its type when it has none): for one-line CLI errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import Dataset
 
 from handler.decode import ImageError, image_to_tensor, load_image_file, read_image_size
+from handler.text import error_line
 from training.layouts import IMAGE_EXTENSIONS, CocoSource, DatasetError, VocSource, find_layout
 
 Transforms = Callable[[torch.Tensor, dict], "tuple[torch.Tensor, dict]"]
@@ -172,7 +173,7 @@ class DetectionDataset(Dataset):
         try:
             image = image_to_tensor(load_image_file(record.path))
         except (ImageError, OSError) as exc:  # the header was fine when the set was built, the pixels are not
-            return UnreadableImage(path=record.path, reason=str(exc) or type(exc).__name__)
+            return UnreadableImage(path=record.path, reason=error_line(exc))
         target = {
             "boxes": torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(record.labels, dtype=torch.int64),

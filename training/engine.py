@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from handler.text import error_line
 from training import distributed, mixed_precision
 from training.datasets import DatasetWarning, UnreadableImage
 from training.distributed import StepFailedError, StepState
@@ -131,11 +132,7 @@ def train_one_epoch(
 
 def _agree_or_stop(state: StepState, error: Exception | None, *, epoch: int, step: int) -> StepState:
     """``distributed.agree`` on this process's state; raises StepFailedError on every process when one failed."""
-    message = None
-    if error is not None:
-        lines = str(error).strip().splitlines()
-        message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    agreed = distributed.agree(state, message)
+    agreed = distributed.agree(state, None if error is None else error_line(error, with_type=True))
     if agreed.state is StepState.FAILED:
         world = distributed.get_world_size()
         who = f"rank {agreed.failed_rank} of {world} failed" if world > 1 else "training failed"

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import yaml
 
+from handler.text import error_line
+
 FORMATS = ("voc", "coco", "yolo")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".ico")
 # The names each split goes by in exports (Roboflow writes valid/).
@@ -284,7 +286,7 @@ def _yolo_yaml(data_yaml: Path, split: str) -> YoloSource:
     try:
         content = yaml.safe_load(data_yaml.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DatasetError(f"cannot read {data_yaml}: {str(exc).splitlines()[0]}") from None
+        raise DatasetError(f"cannot read {data_yaml}: {error_line(exc)}") from None
     if not isinstance(content, dict) or "names" not in content:
         raise DatasetError(f"{data_yaml} is not a YOLO data.yaml (it needs 'names' and 'train'/'val' paths)")
     names = _yolo_names(content["names"], data_yaml)

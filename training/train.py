@@ -33,6 +33,7 @@ from handler.checkpoint import (CheckpointError, checkpoint_name, epoch_checkpoi
                                 model_from_checkpoint, save_checkpoint)
 from handler.detector import BACKBONES, build_detector_from_config, model_config
 from handler.settings import ServingSettings
+from handler.text import error_line
 from training.augmentation import train_transforms
 from training.backbones import backbone_start_state, default_backbone_weights
 from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
@@ -124,8 +125,7 @@ def build_new_detector(backbone: str, num_classes: int, weights: str, overrides:
         try:
             model.backbone.load_state_dict(start_state)
         except RuntimeError as exc:  # keys or shapes of another network
-            first_line = str(exc).strip().splitlines()[0]
-            raise ValueError(f"cannot load {weights} into the {backbone} backbone: {first_line}") from None
+            raise ValueError(f"cannot load {weights} into the {backbone} backbone: {error_line(exc)}") from None
     return model, config
 
 
