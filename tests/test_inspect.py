@@ -101,3 +101,17 @@ def test_a_class_of_boxes_too_small_for_the_anchors_is_warned_with_the_overrides
     for fix in (["anchor_sizes=[16,32,64,128]"], ["min_size=640", "max_size=960"]):  # each suggestion fits
         code, out = run_inspect(capsys, root, *options, *[a for value in fix for a in ("--model-override", value)])
         assert code == 0 and "warning:" not in out, out
+
+
+def test_classes_fix_the_order_as_training_reads_them(capsys, tmp_path):
+    """``--classes`` is read by the one parser training uses: names stripped, in the order given."""
+    root = tmp_path / "pets"
+    write_image(root / "images" / "a.jpg", Image.new("RGB", (40, 30)))
+    write_voc_xml(root / "annotations" / "a.xml", "a.jpg", (40, 30),
+                  [("cat", (2, 2, 12, 12), False), ("dog", (15, 5, 30, 25), False)])
+    options = ["--train-split", "all", "--val-split", "", "--sheet", tmp_path / "s.png"]
+    code, out = run_inspect(capsys, root, *options, "--classes", " dog, cat ")
+    assert code == 0, out
+    assert "classes:  2 (dog, cat)" in out.splitlines()
+    code, out = run_inspect(capsys, root, *options, "--classes", "dog")
+    assert code == 1 and "has objects of classes not in the class list: cat (class list: dog)" in out

@@ -27,7 +27,7 @@ from handler.detector import BACKBONES, model_config
 from training.datasets import DatasetError, DatasetWarning, DetectionDataset, UnreadableImage, open_dataset
 from training.layouts import FORMATS
 from training.train import get_args_parser as training_args_parser
-from training.train import parse_overrides
+from training.train import parse_class_names, parse_overrides
 
 SHEET_CELL = 320  # pixels of the longer side of each contact-sheet image
 SHEET_COLUMNS = 4
@@ -179,8 +179,7 @@ def write_contact_sheet(dataset: DetectionDataset, output: Path, count: int) -> 
 
 def inspect(args: argparse.Namespace) -> tuple[list[str], bool]:
     """The report's lines, and whether training with these options could start."""
-    class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    train = read_split(args.data, args.train_split, format=args.format, class_names=class_names,
+    train = read_split(args.data, args.train_split, format=args.format, class_names=parse_class_names(args.classes),
                        include_difficult=False)
     splits = [train]
     if args.val_split and train.dataset is not None:

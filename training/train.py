@@ -98,6 +98,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_class_names(text: str | None) -> list[str] | None:
+    """``--classes`` (comma-separated names, fixing their order) as a list; None when not given."""
+    return [name.strip() for name in text.split(",")] if text else None
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     overrides = {}
     for item in items:
@@ -249,7 +254,7 @@ def train(args: argparse.Namespace) -> dict:
     distributed = world > 1
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     seed_everything(args.seed + rank)
-    class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    class_names = parse_class_names(args.classes)
 
     resumed = read_resume_checkpoint(args.resume) if args.resume else None
     if resumed:
