@@ -97,4 +97,4 @@ bench-accuracy: setup
 
 # archive/kserve/{config,model-store}, from the checkpoint `make archive` would pack.
 kserve-bundle: setup
-	$(PY) -m scripts.kserve_bundle --output archive/kserve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--model-dir $(OUTPUT))
+	$(PY) -m scripts.kserve_bundle --output archive/kserve $(PACKED)

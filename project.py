@@ -12,6 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 SERVER_CONFIG = ROOT / "config.properties"  # TorchServe: addresses, model store, the served archive
+# Where `make serve` starts TorchServe: config.properties' relative paths (model_store) are taken from here,
+# and TorchServe writes key_file.json and logs/ here.
+SERVE_DIR = ROOT
 LOG_CONFIG = ROOT / "log4j2.xml"  # TorchServe's logging, one rolling file per log
 METRICS_CONFIG = ROOT / "metrics.yaml"  # the metrics TorchServe and the handler publish
 HANDLER_PACKAGE = ROOT / "handler"  # packed into the model archive

@@ -30,15 +30,14 @@ import torch
 
 from benchmarks.bench import machine
 from handler.checkpoint import CheckpointError, checkpoint_name
+from handler.text import error_line
+from project import RACCOON, README
 from training import evaluate, train
-from training.backbones import first_line
 from training.datasets import DatasetError
 from training.demo import DEMO_RECIPE
 
 BCCD_COMMIT = "d272fb14cdff6e473fafeeeba32aba5f560e9e43"
 BCCD_URL = f"https://github.com/Shenggan/BCCD_Dataset/archive/{BCCD_COMMIT}.tar.gz"
-RACCOON = Path(__file__).resolve().parent.parent / "tests" / "data" / "raccoon"
-README = Path(__file__).resolve().parent.parent / "README.md"
 EPOCHS = 12
 SETS = ("bccd", "raccoon")
 MEANS = ("mAP@0.5", "mAP@[.5:.95]")  # the rows after the classes, named as format_metrics_table names them
@@ -96,7 +95,7 @@ def bccd_folder(*, data_root: Path, bccd_root: str | None, url: str = BCCD_URL) 
         with tarfile.open(archive) as tar:
             tar.extractall(archive.parent, filter="data")
     except (OSError, tarfile.TarError) as exc:
-        raise BenchmarkError(f"cannot download BCCD from {url} ({first_line(exc)}): give an existing copy with "
+        raise BenchmarkError(f"cannot download BCCD from {url} ({error_line(exc)}): give an existing copy with "
                              f"--bccd-root PATH (a clone of Shenggan/BCCD_Dataset at {BCCD_COMMIT[:7]})") from None
     if not (folder / "ImageSets" / "Main" / "test.txt").is_file():
         raise BenchmarkError(f"{archive} unpacked without {folder}/ImageSets/Main/test.txt")

@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,13 +49,16 @@ import requests
 import torch
 import yaml
 
-from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
-from client.keys import KEY_FILE, KeyFileError, bearer, read_keys
+from client.config import ServerConfigError, read_server_config
+from client.keys import KEY_FILE, SERVED_KEY_FILE, KeyFileError, bearer, read_keys
 from handler.core_sharing import busy_threads, record_folder
 from handler.decode import ImageError
+from handler.settings import ServingSettings
 from handler.sizing import cpu_cores
 from handler.tagging import Tagger, detections_above, format_response
-from scripts.make_archive import MODEL_CONFIG, build_archive
+from project import MODEL_CONFIG, SERVER_CONFIG
+from scripts.make_archive import build_archive
+from scripts.model_archive import ArchiveReadError, extract_serialized_file
 from scripts.serve import (
     config_on_free_ports, running_server, served_layout, start_server, stop_server, wait_until_ready,
 )
@@ -106,13 +108,6 @@ def generate_jpegs(count: int, *, seed: int = 0, sizes: tuple[tuple[int, int], .
         image.save(buffer, format="JPEG", quality=90)
         jpegs.append(buffer.getvalue())
     return jpegs
-
-
-def checkpoint_from_archive(archive: Path, folder: Path) -> Path:
-    """Extracts the archive's checkpoint (its manifest's ``serializedFile``) into ``folder``."""
-    with zipfile.ZipFile(archive) as mar:
-        name = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"]
-        return Path(mar.extract(name, folder))
 
 
 # ---- bare model ----
@@ -195,7 +190,8 @@ def _baseline_server(checkpoint: str, device: str, ready) -> None:
                 return
             with model_lock:
                 (detections,) = tagger.detect([image])
-            self._answer(200, format_response(detections_above(detections, threshold=0.5), response_format="dict",
+            self._answer(200, format_response(detections_above(detections, threshold=ServingSettings.score_threshold),
+                                              response_format="dict",
                                               width=image.width, height=image.height))
 
         def _answer(self, status: int, content: object) -> None:
@@ -393,6 +389,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", default="1,8,16", help="closed-loop client counts for the servers")
     parser.add_argument("--batch-sizes", default="1,4,8", help="bare-model batch sizes (CPU); a GPU adds 16")
     parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config of `make serve`")
+    parser.add_argument("--key-file", type=Path, default=SERVED_KEY_FILE,
+                        help="the served TorchServe's key file, in the folder it started in (default: make serve's)")
     parser.add_argument("--checkpoint", type=Path,
                         help="weights of the bare model and the baseline (default: those in the served archive)")
     return parser
@@ -408,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = cpu_cores()
     try:
         return _run(args, parts=parts, clients=clients, batch_sizes=batch_sizes, cores=cores)
-    except (RuntimeError, KeyFileError, ServerConfigError, requests.RequestException, http.client.HTTPException,
-            OSError) as exc:
+    except (RuntimeError, KeyFileError, ServerConfigError, ArchiveReadError, requests.RequestException,
+            http.client.HTTPException, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
 
@@ -423,7 +421,7 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
     print(f"{'':<58} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint or checkpoint_from_archive(config.archive, Path(tmp))
+        checkpoint = args.checkpoint or extract_serialized_file(config.archive, Path(tmp))
         bare_best = baseline = served = None
         if "bare" in parts:
             bare = []
@@ -460,7 +458,7 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
                 if static_best is None or static[loaded].images_per_second > static_best.images_per_second:
                     static_best = static[loaded]
         if "served" in parts:
-            keys = read_keys(KEY_FILE)
+            keys = read_keys(args.key_file)
             layout = served_layout(config, keys)
             described = requests.get(f"{config.management_url}/models/{config.model_name}",
                                      headers=bearer(keys.management)).json()[0]

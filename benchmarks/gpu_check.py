@@ -6,9 +6,10 @@ the three backbones, and one mixed-precision training step of each.
 
 - detections: the shipped demo model (``model/demo.pth``) through the handler core (``handler.tagging.Tagger``)
   on generated scenes of mixed sizes, on DEVICE in float32, float16 (autocast) and float16 + channels_last,
-  each against the CPU in float32. They agree when the detections scoring at least 0.5 pair up one to one:
-  same label, every box coordinate within ``BOX_TOLERANCE_PX``, score within ``SCORE_TOLERANCE``; a detection
-  scoring within ``SCORE_TOLERANCE`` of 0.5 may be missing on the other side. (On the CPU the Tagger ignores
+  each against the CPU in float32. They agree when the detections scoring at least the served threshold
+  (``ServingSettings.score_threshold``, 0.5) pair up one to one: same label, every box coordinate within
+  ``BOX_TOLERANCE_PX``, score within ``SCORE_TOLERANCE``; a detection scoring within ``SCORE_TOLERANCE`` of the
+  threshold may be missing on the other side. (On the CPU the Tagger ignores
   float16 and channels_last, so there the rows only exercise the code.)
 - throughput: images per second of ``Tagger.detect`` (the model, its host-to-device copies and the detection
   records) on batches of 1, 4, 8 and 16 generated 600x400 images, for the demo model and the seed's VGG16 and
@@ -39,13 +40,13 @@ import torchvision
 from torchvision.transforms.functional import pil_to_tensor
 
 from handler.detector import build_detector
+from handler.settings import ServingSettings
 from handler.tagging import Detection, Tagger
+from project import SHIPPED_CHECKPOINT
 from training import mixed_precision
 from training.synthetic import CLASS_NAMES, render_image
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_CHECKPOINT = ROOT / "model" / "demo.pth"
-SCORE_THRESHOLD = 0.5  # the served default
+SCORE_THRESHOLD = ServingSettings.score_threshold  # the served default
 BOX_TOLERANCE_PX = 2.0
 SCORE_TOLERANCE = 0.03
 SCENE_SIZES = ((320, 320), (480, 480), (640, 480), (480, 640), (800, 600), (600, 400))
@@ -167,12 +168,12 @@ def _box_diff(a: Detection, b: Detection) -> float:
 
 
 def check_detections(device: torch.device, images: list[torch.Tensor]) -> list[Agreement]:
-    reference = Tagger.from_checkpoint(DEMO_CHECKPOINT, device="cpu").detect(images)
+    reference = Tagger.from_checkpoint(SHIPPED_CHECKPOINT, device="cpu").detect(images)
     variants = {"float32": {}, "float16": {"half_precision": True},
                 "float16 + channels_last": {"half_precision": True, "channels_last": True}}
     return [
         compare(f"{device.type} {name}",
-                reference, Tagger.from_checkpoint(DEMO_CHECKPOINT, device=device, **options).detect(images))
+                reference, Tagger.from_checkpoint(SHIPPED_CHECKPOINT, device=device, **options).detect(images))
         for name, options in variants.items()
     ]
 

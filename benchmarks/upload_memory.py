@@ -27,7 +27,7 @@ from PIL import Image
 
 from handler.settings import ServingSettings
 from handler.tagging import Tagger
-from training.demo import SHIPPED_CHECKPOINT
+from project import SHIPPED_CHECKPOINT
 from training.synthetic import render_image
 
 MB = 1024 * 1024
@@ -107,7 +107,7 @@ def _status_kb(field: str) -> int:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.upload_memory", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path(SHIPPED_CHECKPOINT), help="model to run")
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT, help="model to run")
     parser.add_argument("--formats", default="JPEG", help="comma-separated upload formats, e.g. JPEG,PNG")
     return parser
 

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-# TorchServe's name for it, in the folder it starts in (the repository root for `make serve`).
+from handler.text import error_line
+from project import SERVE_DIR
+
+# TorchServe's name for it, in the folder it starts in.
 KEY_FILE = Path("key_file.json")
+SERVED_KEY_FILE = SERVE_DIR / KEY_FILE  # the one of `make serve`
 
 
 class KeyFileError(ValueError):
@@ -55,7 +59,7 @@ def read_keys(path: str | os.PathLike) -> TorchServeKeys:
             "and deletes it when it stops"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise KeyFileError(f"{path} is not a TorchServe key file ({type(exc).__name__}: {exc})") from None
+        raise KeyFileError(f"{path} is not a TorchServe key file ({error_line(exc, with_type=True)})") from None
 
 
 def _expiry(text: str) -> datetime:

@@ -21,9 +21,10 @@ from typing import Any
 
 import requests
 
-from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
+from client.config import ServerConfigError, read_server_config
 from client.draw import draw_detections, writable_path
-from client.keys import KEY_FILE, KeyFileError, bearer, read_keys
+from client.keys import SERVED_KEY_FILE, KeyFileError, bearer, read_keys
+from project import SERVER_CONFIG
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, help="score threshold from 0 to 1 (default: the server's, 0.5)")
     parser.add_argument("--draw", type=Path, metavar="OUT_DIR",
                         help="write each image with its boxes here (as <name>.tagged.<ext> where <name> is an input)")
-    parser.add_argument("--url", help=f"prediction endpoint (default: the one ./{SERVER_CONFIG} serves)")
-    parser.add_argument("--key-file", type=Path, default=KEY_FILE,
-                        help=f"TorchServe's key file, in the folder it was started in (default ./{KEY_FILE})")
+    parser.add_argument("--url", help=f"prediction endpoint (default: the one {SERVER_CONFIG} serves)")
+    parser.add_argument("--key-file", type=Path, default=SERVED_KEY_FILE,
+                        help=f"TorchServe's key file, in the folder it was started in (default: make serve's, "
+                             f"{SERVED_KEY_FILE})")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
     args = parser.parse_args(argv)
     if args.draw is not None and args.format == "list":
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be from 0 to 1, got {args.threshold}")
     try:
-        url = args.url or read_server_config(SERVER_CONFIG).predictions_url
+        url = args.url or read_server_config().predictions_url
         key = read_keys(args.key_file).inference
     except (ServerConfigError, KeyFileError) as exc:
         print(f"tag: {exc}", file=sys.stderr)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from scripts.model_archive import read_member
 
 SOURCE_RECORD = "source.json"  # at the archive's root, beside model-config.yaml
 _CHUNK = 1 << 20
@@ -51,9 +52,8 @@ class ArchiveSource:
 def read_archive_source(archive: Path) -> ArchiveSource | None:
     """The record packed in ``archive``; None for a missing or foreign file, or an archive built before the
     record existed (``make_archive --if-changed`` rebuilds those)."""
-    try:
-        with zipfile.ZipFile(archive) as packed:
-            fields = json.loads(packed.read(SOURCE_RECORD))
+    try:  # ArchiveReadError is a ValueError
+        fields = json.loads(read_member(archive, SOURCE_RECORD))
         return ArchiveSource(checkpoint=str(fields["checkpoint"]), sha256=str(fields["sha256"]))
-    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+    except (KeyError, TypeError, ValueError):
         return None

@@ -27,15 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ts.model_server import load_properties
 
-from handler.checkpoint import CheckpointError
+from client.config import read_properties, read_server_config
 from handler.sizing import configured_workers
-from scripts.make_archive import ArchiveError, add_checkpoint_arguments, build_archive, checkpoint_to_pack
+from project import METRICS_CONFIG, MODEL_CONFIG, SERVER_CONFIG
+from scripts.make_archive import (
+    MODEL_VERSION, ArchiveError, add_checkpoint_arguments, build_archive, checkpoint_to_pack,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL_NAME = "tagger"
-MODEL_VERSION = "1.0"
 # Where KServe's storage initializer puts the storageUri's files, and the runtime's paths below it.
 MOUNT = "/mnt/models"
 CONFIG_DIR = "config"
@@ -87,14 +86,15 @@ KSERVE_SETTINGS: dict[str, tuple[str | None, str]] = {
 }
 
 
-def bundle_config(server_config: Path, model_settings: dict[str, Any]) -> str:
+def bundle_config(server_config: Path, model_settings: dict[str, Any], *, model_name: str) -> str:
     """The text of the bundle's ``config.properties``.
 
     Args:
         server_config: the repository's ``config.properties`` (every setting KServe does not change).
         model_settings: the packed model config (workers and batching for the model snapshot).
+        model_name: the model's name, that of the archive ``server_config`` serves.
     """
-    shared = {key: value for key, value in load_properties(str(server_config)).items() if key not in KSERVE_SETTINGS}
+    shared = {key: value for key, value in read_properties(server_config).items() if key not in KSERVE_SETTINGS}
     lines = [
         f"# TorchServe on KServe ({MOUNT}/{CONFIG_DIR}/config.properties), written by `make kserve-bundle`.",
         f"# The same as {server_config.name} (see the reasons there):",
@@ -106,8 +106,9 @@ def bundle_config(server_config: Path, model_settings: dict[str, Any]) -> str:
         lines.append(_comment(why if value is not None else f"No {key}: {why}"))
         if value is not None:
             lines.append(f"{key}={value}")
-    lines.append(_comment(f"Registers {MODEL_NAME} at start with the worker and batching settings of its model config."))
-    lines.append(f"model_snapshot={json.dumps(model_snapshot(model_settings), separators=(',', ':'))}")
+    lines.append(_comment(f"Registers {model_name} at start with the worker and batching settings of its model config."))
+    snapshot = model_snapshot(model_settings, model_name=model_name)
+    lines.append(f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}")
     return "\n".join(lines) + "\n"
 
 
@@ -115,11 +116,11 @@ def _comment(text: str) -> str:
     return textwrap.fill(text, width=110, initial_indent="# ", subsequent_indent="# ")
 
 
-def model_snapshot(model_settings: dict[str, Any]) -> dict[str, Any]:
+def model_snapshot(model_settings: dict[str, Any], *, model_name: str) -> dict[str, Any]:
     """TorchServe's start-up snapshot: the one model, with the worker and batching settings given."""
-    model = {"defaultVersion": True, "marName": f"{MODEL_NAME}.mar"}
+    model = {"defaultVersion": True, "marName": f"{model_name}.mar"}
     model.update({key: model_settings[key] for key in SNAPSHOT_KEYS if key in model_settings})
-    return {"name": "startup.cfg", "modelCount": 1, "models": {MODEL_NAME: {MODEL_VERSION: model}}}
+    return {"name": "startup.cfg", "modelCount": 1, "models": {model_name: {MODEL_VERSION: model}}}
 
 
 def pod_model_config(text: str) -> str:
@@ -148,16 +149,18 @@ def write_bundle(
     checkpoint: Path,
     *,
     output: Path,
-    server_config: Path = REPO / "config.properties",
-    model_config: Path = REPO / "model" / "model-config.yaml",
-    metrics_config: Path = REPO / METRICS_FILE,
+    server_config: Path = SERVER_CONFIG,
+    model_config: Path = MODEL_CONFIG,
+    metrics_config: Path = METRICS_CONFIG,
 ) -> Path:
     """Writes ``output/config/`` and ``output/model-store/<model>.mar``; returns ``output``.
 
     Raises:
         CheckpointError: the checkpoint cannot be read or does not fit its model config.
         ArchiveError: torch-model-archiver failed.
+        ServerConfigError: ``server_config`` names no served archive.
     """
+    model_name = read_server_config(server_config).model_name
     config_dir, store = output / CONFIG_DIR, output / MODEL_STORE_DIR
     config_dir.mkdir(parents=True, exist_ok=True)
     store.mkdir(parents=True, exist_ok=True)
@@ -165,10 +168,10 @@ def write_bundle(
     with tempfile.TemporaryDirectory() as tmp:
         packed_config = Path(tmp) / model_config.name
         packed_config.write_text(pod_config)
-        build_archive(checkpoint, output=store / f"{MODEL_NAME}.mar", model_config_file=packed_config,
-                      version=MODEL_VERSION)
+        build_archive(checkpoint, output=store / f"{model_name}.mar", model_config_file=packed_config)
     shutil.copyfile(metrics_config, config_dir / METRICS_FILE)
-    (config_dir / "config.properties").write_text(bundle_config(server_config, yaml.safe_load(pod_config)))
+    (config_dir / "config.properties").write_text(bundle_config(server_config, yaml.safe_load(pod_config),
+                                                                 model_name=model_name))
     return output
 
 
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = checkpoint_to_pack(args)
     try:
         output = write_bundle(checkpoint, output=args.output)
-    except (ValueError, ArchiveError) as exc:  # CheckpointError is a ValueError
+    except (ValueError, ArchiveError) as exc:  # CheckpointError and ServerConfigError are ValueErrors
         print(f"kserve_bundle: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {output}/ from {checkpoint}: copy it to the InferenceService's storageUri "

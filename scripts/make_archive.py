@@ -20,22 +20,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 
-from client.config import SERVER_CONFIG, ServerConfigError, read_server_config
+from client.config import ServerConfigError, read_server_config
 from handler.checkpoint import CheckpointError, load_checkpoint, newest_checkpoint, save_serving_checkpoint
 from handler.detector import build_detector_from_config
+from handler.text import last_line
+from project import HANDLER_PACKAGE, MODEL_CONFIG, SERVER_CONFIG, SHIPPED_CHECKPOINT
 from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
+from scripts.model_archive import ArchiveReadError, member_names, read_member
 from scripts.serve import start_line_by_hand
-from training.demo import SHIPPED_CHECKPOINT
 
-REPO = Path(__file__).resolve().parents[1]
-HANDLER_PACKAGE = REPO / "handler"
 ENTRY_FILE = "tagger_handler.py"
-MODEL_CONFIG = Path("model/model-config.yaml")
+MODEL_VERSION = "1.0"  # the version TorchServe reports for the model (its name is the archive's, load_models)
 
 
 class ArchiveError(RuntimeError):
@@ -48,7 +47,7 @@ def build_archive(
     output: Path,
     model_config_file: Path,
     handler_package: Path = HANDLER_PACKAGE,
-    version: str = "1.0",
+    version: str = MODEL_VERSION,
 ) -> Path:
     """Builds ``output`` (its stem is the model name), replacing any older archive only when done.
 
@@ -101,7 +100,7 @@ def build_archive(
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         built = export / f"{output.stem}.mar"
         if done.returncode != 0 or not built.is_file():
-            raise ArchiveError(f"torch-model-archiver failed: {_last_line(done.stderr or done.stdout)}")
+            raise ArchiveError(f"torch-model-archiver failed: {last_line(done.stderr or done.stdout)}")
         os.replace(built, output)
     return output
 
@@ -119,7 +118,7 @@ def check_weights_fit_config(path: Path, *, source: Path) -> None:
             model = build_detector_from_config(state["model_config"])
         model.load_state_dict(state["model"], assign=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: weights do not fit the model config: {_last_line(exc)}") from None
+        raise CheckpointError(f"{source}: weights do not fit the model config: {last_line(exc)}") from None
 
 
 def packed_package_files(handler_package: Path) -> dict[str, Path]:
@@ -150,17 +149,11 @@ def archive_is_current(
         source = read_archive_source(archive)
         if source is None or not checkpoint.is_file() or source != ArchiveSource.of(checkpoint):
             return False
-        with zipfile.ZipFile(archive) as packed:
-            code = {name for name in packed.namelist() if name in wanted or name.startswith("handler/")}
-            return code == wanted.keys() and all(packed.read(name) == path.read_bytes() for name, path in wanted.items())
-    except (OSError, zipfile.BadZipFile):
+        code = {name for name in member_names(archive) if name in wanted or name.startswith("handler/")}
+        return code == wanted.keys() and all(read_member(archive, name) == path.read_bytes()
+                                             for name, path in wanted.items())
+    except (OSError, ArchiveReadError):
         return False
-
-
-def _last_line(text: object) -> str:
-    """The last non-blank line of a message: where a traceback (the archiver's stderr) states its error."""
-    lines = [line for line in str(text).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

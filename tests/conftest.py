@@ -11,7 +11,8 @@ import pytest
 
 from handler.checkpoint import checkpoint_name, save_checkpoint
 from handler.detector import model_config, build_detector_from_config
-from training.demo import DEMO_RECIPE, SHIPPED_CHECKPOINT
+from project import SHIPPED_CHECKPOINT
+from training.demo import DEMO_RECIPE
 from training.synthetic import CLASS_NAMES, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,6 @@ def training_run(synthetic_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_checkpoint() -> Path:
     """The shipped demo model (``make demo-model`` writes it): it finds the generated shapes at any size."""
-    path = ROOT / SHIPPED_CHECKPOINT
+    path = SHIPPED_CHECKPOINT
     assert path.is_file(), f"{path} is missing: `make demo-model` writes it"
     return path

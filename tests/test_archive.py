@@ -16,23 +16,24 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from handler.checkpoint import load_checkpoint, save_checkpoint
 from handler.detector import build_detector_from_config, model_config
 from scripts import make_archive as make_archive_cli
 from scripts.archive_source import ArchiveSource, read_archive_source
 from scripts.make_archive import archive_is_current, build_archive
+from project import MODEL_CONFIG, ROOT, SHIPPED_CHECKPOINT
+from scripts.model_archive import (
+    MANIFEST, ArchiveReadError, extract_serialized_file, member_names, packed_model_config, read_member,
+)
 from scripts.serve import start_line_by_hand
-from training.demo import SHIPPED_CHECKPOINT
 from training.synthetic import CLASS_NAMES
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONFIG = ROOT / "model" / "model-config.yaml"
 
-
-def make_archive(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts.make_archive", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True)
+def make_archive(*args, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts.make_archive", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def training_checkpoint(path: Path, **config_overrides) -> Path:
@@ -54,11 +55,12 @@ def test_archive_holds_each_file_once_and_only_what_serving_reads(tmp_path):
     archive = build_archive(checkpoint, output=tmp_path / "store" / "tagger.mar", model_config_file=MODEL_CONFIG,
                             handler_package=package)
 
-    with zipfile.ZipFile(archive) as mar:
-        names = mar.namelist()
-        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-        packed_config = mar.read("model-config.yaml")
-        mar.extract("Epoch.3.pth", tmp_path / "unpacked")
+    names = member_names(archive)
+    manifest = json.loads(read_member(archive, MANIFEST))
+    packed_config = read_member(archive, "model-config.yaml")
+    assert packed_model_config(archive) == yaml.safe_load(packed_config)
+    unpacked = extract_serialized_file(archive, tmp_path / "unpacked")
+    assert unpacked == tmp_path / "unpacked" / "Epoch.3.pth"
     # The entry file once, at the root where TorchServe imports it; the rest of the package beside it.
     handler_files = {f"handler/{p.name}" for p in (ROOT / "handler").glob("*.py") if p.name != "tagger_handler.py"}
     assert len(names) == len(set(names))
@@ -108,10 +110,11 @@ def test_cli_packs_the_newest_checkpoint_of_a_folder(tmp_path):
 
 def test_cli_without_checkpoints_packs_the_shipped_demo_model_once(tmp_path):
     """`make serve` on a fresh clone: no Epoch.N.pth, so the shipped model/demo.pth is packed (no training);
-    a second call with --if-changed keeps the archive while nothing it packs is newer."""
+    a second call with --if-changed keeps the archive while nothing it packs is newer. Run in another folder:
+    the project's files (demo model, model config, handler) are found wherever the command runs."""
     (tmp_path / "model").mkdir()
     output = tmp_path / "store" / "tagger.mar"
-    first = make_archive("--if-changed", "--model-dir", tmp_path / "model", "--output", output)
+    first = make_archive("--if-changed", "--model-dir", "model", "--output", output, cwd=tmp_path)
     assert (first.returncode, first.stdout.splitlines()[0]) == (0, f"wrote {output} from {SHIPPED_CHECKPOINT}"), first.stderr
     with zipfile.ZipFile(output) as mar:
         assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "demo.pth"
@@ -123,6 +126,22 @@ def test_cli_without_checkpoints_packs_the_shipped_demo_model_once(tmp_path):
     os.utime(newer, ns=(built + 10**9, built + 10**9))
     third = make_archive("--if-changed", "--model-dir", tmp_path / "model", "--output", output)
     assert third.stdout.splitlines()[0] == f"wrote {output} from {newer}", third.stderr
+
+
+def test_reading_a_file_that_is_no_archive_or_lacks_a_member_fails_in_one_line(tmp_path):
+    not_zip = tmp_path / "tagger.mar"
+    not_zip.write_text("not an archive")
+    with pytest.raises(ArchiveReadError, match=f"^cannot read {not_zip}: File is not a zip file$"):
+        read_member(not_zip, MANIFEST)
+    with pytest.raises(ArchiveReadError, match="^cannot read .*nowhere.mar: .*No such file"):
+        member_names(tmp_path / "nowhere.mar")
+    bare = tmp_path / "bare.mar"
+    with zipfile.ZipFile(bare, "w") as packed:
+        packed.writestr(MANIFEST, json.dumps({"model": {"serializedFile": "Epoch.1.pth"}}))
+    with pytest.raises(ArchiveReadError, match=f"^{bare} has no model-config.yaml$"):
+        packed_model_config(bare)
+    with pytest.raises(ArchiveReadError, match=f"^{bare}: {MANIFEST} names no packed serializedFile$"):
+        extract_serialized_file(bare, tmp_path / "out")
 
 
 def test_cli_refuses_bad_checkpoints_in_one_line_and_keeps_the_old_archive(tmp_path):

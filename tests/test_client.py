@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from client.config import ServerConfig, ServerConfigError, read_server_config
+from ts.model_server import load_properties
+
+from client.config import ServerConfig, ServerConfigError, read_properties, read_server_config
 from client.draw import draw_detections, label_color
 from client.keys import KeyFileError, read_keys
 from client.tag import TagResult, describe_refusal, format_result, main
@@ -162,7 +164,7 @@ def test_cli_reports_each_failed_image_and_exits_1(tmp_path):
     image = tmp_path / "a.jpg"
     Image.new("RGB", (32, 32)).save(image)
     url = f"http://127.0.0.1:{unused_port()}/predictions/tagger"
-    result = run_client(image, tmp_path / "missing.jpg", "--url", url, cwd=tmp_path)
+    result = run_client(image, tmp_path / "missing.jpg", "--url", url, "--key-file", tmp_path / "key_file.json")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"{image}: error: cannot reach {url}: is TorchServe running? (make serve)",
@@ -185,7 +187,8 @@ def test_cli_refuses_bad_arguments_in_one_line(args, message):
 def test_server_config_is_read_from_config_properties(tmp_path):
     config = read_server_config(ROOT / "config.properties")
     assert config.predictions_url == "http://127.0.0.1:8080/predictions/tagger"
-    assert (config.archive, config.model_name) == (Path("archive/tagger.mar"), "tagger")
+    assert (config.archive, config.model_name) == (ROOT / "archive" / "tagger.mar", "tagger")
+    assert read_server_config(ROOT / "config.properties", start_dir=tmp_path).archive == tmp_path / "archive" / "tagger.mar"
     named = tmp_path / "named.properties"
     named.write_text("inference_address=http://127.0.0.1:9\nmanagement_address=http://127.0.0.1:10\n"
                      "model_store=/srv/store\nload_models=photos=tagger.mar\n")
@@ -197,19 +200,40 @@ def test_server_config_is_read_from_config_properties(tmp_path):
         read_server_config(named)
 
 
-def test_cli_calls_the_endpoint_of_config_properties_by_default(tmp_path):
-    """No --url: the client reads the endpoint from ./config.properties, the one home of the address."""
-    (tmp_path / "key_file.json").write_text(json.dumps(KEY_FILE))
-    port = unused_port()
-    (tmp_path / "config.properties").write_text(
-        f"inference_address=http://127.0.0.1:{port}\nmanagement_address=http://127.0.0.1:{unused_port()}\n"
-        "model_store=archive\nload_models=tagger.mar\n")
-    image = tmp_path / "a.jpg"
-    Image.new("RGB", (32, 32)).save(image)
-    result = run_client(image, cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip() == (f"{image}: error: cannot reach http://127.0.0.1:{port}/predictions/tagger: "
-                                     "is TorchServe running? (make serve)")
+def test_properties_are_read_as_torchserve_reads_them(tmp_path):
+    """TorchServe's launcher (ts.model_server.load_properties) and the client read key=value lines alike; the
+    lines only its Java front end (java.util.Properties) reads as settings are read as Java reads them."""
+    assert read_properties(ROOT / "config.properties") == load_properties(str(ROOT / "config.properties"))
+    common = tmp_path / "common.properties"
+    common.write_text("# a comment\n\n   \ninference_address = http://127.0.0.1:9  \n  model_store=  /srv/a=b\n"
+                      "\t# indented comment\nload_models=photos=tagger.mar,other.mar\nempty=\n  vmargs =-Xmx1g -Dx=1\n")
+    assert read_properties(common) == load_properties(str(common)) == {
+        "inference_address": "http://127.0.0.1:9", "model_store": "/srv/a=b",
+        "load_models": "photos=tagger.mar,other.mar", "empty": "", "vmargs": "-Xmx1g -Dx=1"}
+    java_only = tmp_path / "java.properties"
+    java_only.write_text("! a comment\nmodel_store: /srv/store\nload_models tagger.mar\n"
+                         "inference_address=http://127.0.0.1:\\\n    8080\nname=a\\tb\\u00e9\\=\\\\\n# end=x \\\nlast=1")
+    assert read_properties(java_only) == {"model_store": "/srv/store", "load_models": "tagger.mar",
+                                          "inference_address": "http://127.0.0.1:8080", "name": "a\tb\u00e9=\\",
+                                          "last": "1"}
+    java_only.write_text("name=\\u00zz\n")
+    with pytest.raises(ServerConfigError, match="escape"):
+        read_properties(java_only)
+
+
+def test_client_reads_the_projects_config_from_any_folder_without_torchserve(tmp_path):
+    """The client needs requests and Pillow only: it imports and reads config.properties with TorchServe's (and
+    torch's) packages blocked, and finds the project's file, not one in the folder it runs in."""
+    (tmp_path / "config.properties").write_text("inference_address=http://127.0.0.1:9\n")
+    code = ("import sys; sys.modules['ts'] = None; sys.modules['torch'] = None\n"
+            "import client.tag\n"
+            "from client.config import read_server_config\n"
+            "config = read_server_config()\n"
+            "print(config.predictions_url, config.archive)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["http://127.0.0.1:8080/predictions/tagger", str(ROOT / "archive" / "tagger.mar")]
 
 
 def test_draw_into_the_inputs_folder_writes_beside_the_originals(tmp_path, stand_in_url, capsys):

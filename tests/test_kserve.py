@@ -14,7 +14,6 @@ import base64
 import json
 import re
 import sys
-import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,7 +26,9 @@ from ts.version import __version__ as TORCHSERVE_VERSION
 
 from handler.kserve import KServeEnvelope, open_envelope
 from handler.request_parsing import read_json_parts
+from project import MODEL_CONFIG, ROOT
 from scripts.kserve_bundle import POD_WORKERS, get_args_parser, pod_model_config, write_bundle
+from scripts.model_archive import MANIFEST, packed_model_config, read_member
 from scripts.serve import java_home
 from tests.kserve_pod import (
     KSERVE_MOUNT, MODEL_SERVER_PORT, RUNTIME_COMMAND, RUNTIME_UID, SERVICE_ENVELOPES, Pod, kserve_pod,
@@ -35,11 +36,10 @@ from tests.kserve_pod import (
 )
 from tests.test_serving import at_once, scene
 
-ROOT = Path(__file__).resolve().parents[1]
 INFERENCE_SERVICES = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
 DOCKERFILE = ROOT / "deploy" / "kserve" / "Dockerfile"
 KSERVE_MODEL_SERVER_PORTS = {MODEL_SERVER_PORT, 8081}
-BATCH_SIZE = yaml.safe_load((ROOT / "model" / "model-config.yaml").read_text())["batchSize"]
+BATCH_SIZE = yaml.safe_load(MODEL_CONFIG.read_text())["batchSize"]
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +123,10 @@ def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):
     (versions,) = snapshot["models"].values()
     (model,) = versions.values()
     assert list(snapshot["models"]) == ["tagger"] and model["marName"] == "tagger.mar"
-    with zipfile.ZipFile(bundle / "model-store" / "tagger.mar") as mar:
-        packed = yaml.safe_load(mar.read("model-config.yaml"))
-        assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"] in versions
-    shipped = yaml.safe_load((ROOT / "model" / "model-config.yaml").read_text())
+    archive = bundle / "model-store" / "tagger.mar"
+    packed = packed_model_config(archive)
+    assert json.loads(read_member(archive, MANIFEST))["model"]["modelVersion"] in versions
+    shipped = yaml.safe_load(MODEL_CONFIG.read_text())
     assert {k: v for k, v in packed.items() if k not in ("minWorkers", "maxWorkers")} == {
         k: v for k, v in shipped.items() if k not in ("minWorkers", "maxWorkers")}
     for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.bench import checkpoint_from_archive
 from handler.checkpoint import checkpoint_name, load_checkpoint
+from scripts.model_archive import extract_serialized_file
 from tests.conftest import run_module
 from tests.test_serving import Server, scene, torchserve
 
@@ -65,7 +65,7 @@ def served(request, synthetic_data, tmp_path_factory) -> ServedSeedModel:
 
 
 def test_the_archive_holds_the_seed_network_with_trainable_batch_norm(served, tmp_path):
-    state = load_checkpoint(checkpoint_from_archive(served.archive, tmp_path), mmap=True)
+    state = load_checkpoint(extract_serialized_file(served.archive, tmp_path), mmap=True)
     config = state["model_config"]
     assert config["backbone"] == served.backbone
     assert (config["min_size"], config["max_size"]) == (128, 160)

@@ -42,12 +42,12 @@ from scripts.serve import (
     CONSOLE_LOG, config_on_free_ports, java_home, renew_expiring_keys, running_server, start_server, stop_server,
     wait_until_ready,
 )
+from project import MODEL_CONFIG as MODEL_CONFIG_FILE
+from project import ROOT, SHIPPED_CHECKPOINT
 from tests.conftest import run_module
-from training.demo import SHIPPED_CHECKPOINT
 from training.synthetic import CLASS_NAMES, render_image
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONFIG = yaml.safe_load((ROOT / "model" / "model-config.yaml").read_text())
+MODEL_CONFIG = yaml.safe_load(MODEL_CONFIG_FILE.read_text())
 # The shipped config leaves the worker count to the machine: one worker per core here (no GPU in the tests).
 LAYOUT = worker_layout(cores=cpu_cores())
 # "[METRICS]TaggerImages.Count:3|#ModelName:tagger,...|#hostname:vm,<timestamp>,<request id>,<request id>,..."
@@ -112,7 +112,7 @@ def server(trained_checkpoint, tmp_path_factory) -> Server:
         folder.mkdir()
     packed = run_module("scripts.make_archive", "--if-changed", "--model-dir", models, "--output", store / "tagger.mar")
     assert packed.stdout.splitlines()[0] == f"wrote {store / 'tagger.mar'} from {SHIPPED_CHECKPOINT}", packed.stderr
-    assert ROOT / SHIPPED_CHECKPOINT == trained_checkpoint
+    assert SHIPPED_CHECKPOINT == trained_checkpoint
     with torchserve(store, root) as served:
         yield served
 
@@ -352,7 +352,7 @@ def test_bench_measures_the_served_model(server):
     """benchmarks/bench.py's TorchServe part against this server, with tiny counts (the lead runs it in full)."""
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--config", server.config_file, "--parts", "served",
-         "--images", "3", "--seconds", "1", "--clients", "1,2"],
+         "--images", "3", "--seconds", "1", "--clients", "1,2", "--key-file", server.start_dir / KEY_FILE],
         cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
         capture_output=True, text=True,
     )
@@ -375,7 +375,7 @@ def test_bench_measures_the_served_model(server):
 def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key(server):
     """`make serve` a second time: no restart; it prints the layout and a curl line that reads the key itself."""
     done = subprocess.run(
-        [sys.executable, "-m", "scripts.serve", "start", "--config", server.config_file],
+        [sys.executable, "-m", "scripts.serve", "start", "--config", server.config_file, "--start-dir", server.start_dir],
         cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
         capture_output=True, text=True,
     )
@@ -384,7 +384,7 @@ def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key
     keys = server.keys()
     assert not {keys.inference, keys.management, keys.api} & set(re.findall(r"\w+", done.stdout))
     assert f"Workers: {LAYOUT.describe()};" in done.stdout
-    served = ArchiveSource.of(ROOT / SHIPPED_CHECKPOINT).describe()
+    served = ArchiveSource.of(SHIPPED_CHECKPOINT).describe()
     assert f"Checkpoint: {served}, packed in {server.config.archive}." in done.stdout.splitlines()
     (curl_line,) = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("curl ")]
     assert curl_line.endswith(f" {server.url}")
@@ -412,7 +412,7 @@ def test_stop_leaves_no_process_behind(server):
     family = [server.process, *server.process.children(recursive=True)]
     assert len(family) == 1 + LAYOUT.workers  # the Java front end and its Python workers
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)}
-    command = [sys.executable, "-m", "scripts.serve", "stop"]
+    command = [sys.executable, "-m", "scripts.serve", "stop", "--start-dir", server.start_dir]
     done = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (0, "TorchServe stopped."), done.stderr
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)

@@ -24,6 +24,8 @@ from torchvision.transforms.functional import pil_to_tensor
 from handler.checkpoint import (
     CheckpointError, checkpoint_name, load_checkpoint, model_from_checkpoint, save_serving_checkpoint,
 )
+from handler.settings import ServingSettings
+from project import SHIPPED_CHECKPOINT
 from training import evaluate, train
 from training.datasets import DatasetError
 from training.engine import format_metrics_table
@@ -34,10 +36,9 @@ from training.synthetic import render_image, write_dataset
 DEMO_RECIPE = ["--backbone", "demo", "--batch-size", "8", "--lr", "0.04", "--warmup-iters", "50"]
 DEMO_SPLITS = {"train": 1400, "val": 100, "test": 100}
 DEMO_EPOCHS = 5
-SHIPPED_CHECKPOINT = Path("model/demo.pth")
 # Scene sizes whose tag recall is compared: the model must answer alike on small and large photos.
 RECALL_SIZES = ((320, 320), (480, 480), (640, 480))
-RECALL_SCENES, RECALL_THRESHOLD = 100, 0.5
+RECALL_SCENES = 100
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,8 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @torch.inference_mode()
 def tag_recall(model: torch.nn.Module, width: int, height: int, *, scenes: int = RECALL_SCENES,
-               threshold: float = RECALL_THRESHOLD, seed: int = 7000) -> float:
-    """Share of the distinct classes in generated ``width`` x ``height`` scenes that come back as tags."""
+               threshold: float = ServingSettings.score_threshold, seed: int = 7000) -> float:
+    """Share of the distinct classes in generated ``width`` x ``height`` scenes that come back as tags (at the
+    served score threshold unless told)."""
     model.eval()
     rng = random.Random(f"recall-{seed}-{width}x{height}")
     found = wanted = 0
