@@ -55,6 +55,7 @@ from handler.core_sharing import busy_threads, record_folder
 from handler.decode import ImageError
 from handler.settings import ServingSettings
 from handler.sizing import cpu_cores
+from handler.text import shorten
 from handler.tagging import Tagger, detections_above, format_response
 from project import MODEL_CONFIG, SERVER_CONFIG
 from scripts.make_archive import build_archive
@@ -270,7 +271,7 @@ def run_clients(url: str, jpegs: list[bytes], *, clients: int, seconds: float, h
                 answer = connection.getresponse()
                 body = answer.read()
                 if answer.status != 200:
-                    raise RuntimeError(f"{url} answered {answer.status}: {body[:200].decode(errors='replace')}")
+                    raise RuntimeError(f"{url} answered {answer.status}: {shorten(body.decode(errors='replace'), 200)}")
                 latencies.append(time.perf_counter() - call)
                 index += clients
         finally:
@@ -363,7 +364,7 @@ def rss_added_by(url: str, photo: bytes, *, headers: dict[str, str]) -> float:
         before[worker.pid] = _status_kb(worker.pid, "VmRSS")
     answer = requests.post(url, data=photo, headers={"Content-Type": "image/jpeg", **headers})
     if answer.status_code != 200:
-        raise RuntimeError(f"the 12 MP photo got {answer.status_code}: {answer.text[:200]}")
+        raise RuntimeError(f"the 12 MP photo got {answer.status_code}: {shorten(answer.text, 200)}")
     return max(_status_kb(w.pid, "VmHWM") - before[w.pid] for w in workers) / 1024
 
 

@@ -24,6 +24,7 @@ import requests
 from client.config import ServerConfigError, read_server_config
 from client.draw import draw_detections, writable_path
 from client.keys import SERVED_KEY_FILE, KeyFileError, bearer, read_keys
+from handler.text import shorten
 from project import SERVER_CONFIG
 
 
@@ -82,7 +83,8 @@ def tag_image(
         try:
             return TagResult(image, response=answer.json())
         except ValueError:
-            return TagResult(image, error=f"the server answered 200 with a body that is not JSON: {answer.text[:200]!r}")
+            return TagResult(image, error="the server answered 200 with a body that is not JSON: "
+                                          f"{shorten(answer.text, 200)!r}")
     return TagResult(image, error=describe_refusal(answer.status_code, answer.text))
 
 
@@ -106,7 +108,7 @@ def describe_refusal(status: int, body: str) -> str:
         return f"HTTP {status} {content['type']}: {content.get('message', '')}{hint}"
     if status == 413:
         return "HTTP 413: the file is larger than the server's max_request_size (config.properties)"
-    return f"HTTP {status}: {' '.join(body.split())[:200] or 'empty answer'}"
+    return f"HTTP {status}: {shorten(' '.join(body.split()), 200) or 'empty answer'}"
 
 
 def tag_images(

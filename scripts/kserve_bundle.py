@@ -106,7 +106,8 @@ def bundle_config(server_config: Path, model_settings: dict[str, Any], *, model_
         lines.append(_comment(why if value is not None else f"No {key}: {why}"))
         if value is not None:
             lines.append(f"{key}={value}")
-    lines.append(_comment(f"Registers {model_name} at start with the worker and batching settings of its model config."))
+    lines.append(_comment(f"Registers {model_name} at start with the worker and batching settings of its model "
+                          "config."))
     snapshot = model_snapshot(model_settings, model_name=model_name)
     lines.append(f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}")
     return "\n".join(lines) + "\n"

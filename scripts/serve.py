@@ -33,6 +33,7 @@ from ts.model_server import TS_NAMESPACE
 from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_keys
 from handler.sizing import WorkerLayout, configured_workers, cpu_cores, worker_layout
+from handler.text import shorten
 from project import LOG_CONFIG, SERVE_DIR, SERVER_CONFIG
 from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
 from scripts.model_archive import ArchiveReadError, packed_model_config
@@ -141,7 +142,7 @@ def wait_until_ready(
                                    timeout=30)
             if answer.status_code == 200:
                 return
-            last = f"HTTP {answer.status_code}: {' '.join(answer.text.split())[:300]}"
+            last = f"HTTP {answer.status_code}: {shorten(' '.join(answer.text.split()), 300)}"
             if not _still_starting(answer):
                 raise ServerError(f"{config.model_name} answered {last}; the worker's log:\n{_tail(model_log)}")
         except (KeyFileError, requests.RequestException) as exc:
@@ -195,7 +196,7 @@ def stop_server(*, start_dir: Path, tmp_dir: Path | None = None, timeout: float 
     killed = []
     for process in alive:
         try:
-            killed.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+            killed.append(f"{process.pid} {shorten(' '.join(process.cmdline()), 120)}")
             process.kill()
         except psutil.NoSuchProcess:
             pass
@@ -313,26 +314,27 @@ def _serve(config_file: Path, timeout: float, *, start_dir: Path) -> int:
     wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, log_dir=start_dir / CONSOLE_LOG.parent)
     keys = read_keys(key_file)
     _print_usage(config, keys, served_layout(config, keys), time.monotonic() - began,
-                 source=read_archive_source(config.archive), key_file=key_file)
+                 source=read_archive_source(config.archive), start_dir=start_dir)
     return 0
 
 
 def _print_usage(
     config: ServerConfig, keys: TorchServeKeys, layout: WorkerLayout, seconds: float, *, source: ArchiveSource | None,
-    key_file: Path,
+    start_dir: Path,
 ) -> None:
     """What is served and how to call it. The key itself is not printed (terminal logs, screen shares): the curl
     line reads it from the key file when it runs.
 
     Args:
         source: the checkpoint the archive was packed from (None: an archive without the record).
-        key_file: the server's key file.
+        start_dir: the folder TorchServe started in (its key file and logs).
     """
-    url = config.predictions_url
+    url, key_file = config.predictions_url, start_dir / KEY_FILE
     examples = sorted(Path("data/synthetic/JPEGImages").glob("*.jpg"))[:1]
     image = examples[0] if examples else Path("photo.jpg")
     read_key = f"python3 -c 'import json; print(json.load(open(\"{key_file}\"))[\"inference\"][\"key\"])'"
-    print(f"TorchServe serves {config.model_name} at {url} (ready after {seconds:.1f} s; logs in logs/).")
+    logs = start_dir / CONSOLE_LOG.parent
+    print(f"TorchServe serves {config.model_name} at {url} (ready after {seconds:.1f} s; logs in {logs}/).")
     print(f"Checkpoint: {source.describe()}, packed in {config.archive}." if source is not None else
           f"Checkpoint: unknown, {config.archive} has no {SOURCE_RECORD} (`make archive` rebuilds it with one).")
     print(f"Workers: {layout.describe()}; set minWorkers/maxWorkers in model/model-config.yaml to change.")

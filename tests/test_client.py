@@ -188,7 +188,8 @@ def test_server_config_is_read_from_config_properties(tmp_path):
     config = read_server_config(ROOT / "config.properties")
     assert config.predictions_url == "http://127.0.0.1:8080/predictions/tagger"
     assert (config.archive, config.model_name) == (ROOT / "archive" / "tagger.mar", "tagger")
-    assert read_server_config(ROOT / "config.properties", start_dir=tmp_path).archive == tmp_path / "archive" / "tagger.mar"
+    elsewhere = read_server_config(ROOT / "config.properties", start_dir=tmp_path)
+    assert elsewhere.archive == tmp_path / "archive" / "tagger.mar"
     named = tmp_path / "named.properties"
     named.write_text("inference_address=http://127.0.0.1:9\nmanagement_address=http://127.0.0.1:10\n"
                      "model_store=/srv/store\nload_models=photos=tagger.mar\n")
@@ -212,7 +213,8 @@ def test_properties_are_read_as_torchserve_reads_them(tmp_path):
         "load_models": "photos=tagger.mar,other.mar", "empty": "", "vmargs": "-Xmx1g -Dx=1"}
     java_only = tmp_path / "java.properties"
     java_only.write_text("! a comment\nmodel_store: /srv/store\nload_models tagger.mar\n"
-                         "inference_address=http://127.0.0.1:\\\n    8080\nname=a\\tb\\u00e9\\=\\\\\n# end=x \\\nlast=1")
+                         "inference_address=http://127.0.0.1:\\\n    8080\n"
+                         "name=a\\tb\\u00e9\\=\\\\\n# end=x \\\nlast=1")
     assert read_properties(java_only) == {"model_store": "/srv/store", "load_models": "tagger.mar",
                                           "inference_address": "http://127.0.0.1:8080", "name": "a\tb\u00e9=\\",
                                           "last": "1"}

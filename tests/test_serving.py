@@ -375,7 +375,8 @@ def test_bench_measures_the_served_model(server):
 def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key(server):
     """`make serve` a second time: no restart; it prints the layout and a curl line that reads the key itself."""
     done = subprocess.run(
-        [sys.executable, "-m", "scripts.serve", "start", "--config", server.config_file, "--start-dir", server.start_dir],
+        [sys.executable, "-m", "scripts.serve", "start", "--config", server.config_file,
+         "--start-dir", server.start_dir],
         cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
         capture_output=True, text=True,
     )
