@@ -90,8 +90,9 @@ class TaggerHandler(BaseHandler):
         for idx, row in enumerate(data):
             try:
                 headers = self.context.get_all_request_header(idx)
-                # The KServe envelope is opened around the request, as TorchServe's own request envelopes
-                # wrap ``handle``: the request inside is parsed like any other.
+                # The JSON is read once (by Content-Type); a KServe v1/v2 body opens into the plain request it
+                # holds, parsed like any other, and its envelope waits beside the options to wrap the answer,
+                # as TorchServe's own request envelopes wrap ``handle``.
                 row, envelope = open_envelope(read_json_parts(row, headers))
                 request = parse_request(row, headers, defaults=defaults)
                 image = self.tagger.load_image(request.image, max_pixels=self.settings.max_pixels)
