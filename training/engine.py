@@ -6,8 +6,8 @@ import contextlib
 import io
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from handler.text import error_line
 from training import distributed, mixed_precision
+from training.batching import Batch
 from training.datasets import DatasetWarning, UnreadableImage
 from training.distributed import StepFailedError, StepState
 
@@ -35,19 +36,11 @@ class EpochResult:
     unreadable_images: list[str]  # "path (reason)" of each image left out; rank 0 has every process's
 
 
-def train_one_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data_loader: Iterable,
-    device: torch.device,
-    epoch: int,
-    *,
-    warmup_iters: int = 0,
-    scaler: torch.amp.GradScaler | None = None,
-    max_steps: int | None = None,
-    show_progress: bool = True,
-    on_step: Callable[[int, dict[str, float], float], None] | None = None,
-) -> EpochResult:
+def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data_loader: Iterable,
+                    device: torch.device, epoch: int, *, warmup_iters: int = 0,
+                    scaler: torch.amp.GradScaler | None = None, max_steps: int | None = None,
+                    show_progress: bool = True,
+                    on_step: Callable[[int, dict[str, float], float], None] | None = None) -> EpochResult:
     """Trains one pass over ``data_loader`` (batches from ``batching.collate_as_lists``).
 
     Under DDP the processes agree before and after each forward pass (``distributed.agree``), so they
@@ -65,69 +58,123 @@ def train_one_epoch(
     """
     model.train()
     steps_this_epoch = min(max_steps or len(data_loader), len(data_loader))
-    warmup = None
-    if warmup_iters > 0:
-        warmup = torch.optim.lr_scheduler.LinearLR(
-            optimizer, start_factor=1.0 / 1000, total_iters=max(1, min(warmup_iters, steps_this_epoch - 1))
-        )
-    sums: dict[str, float] = {}
-    steps = 0
+    warmup = _warmup_schedule(optimizer, warmup_iters, steps_this_epoch)
+    totals = _LossTotals()
     unreadable: list[UnreadableImage] = []
     batches = iter(data_loader)
     bar = tqdm(total=steps_this_epoch, desc=f"epoch {epoch}", disable=not show_progress, dynamic_ncols=True)
     for step in range(steps_this_epoch):
-        batch, error, state = None, None, StepState.READY
-        try:
-            batch = next(batches)
-        except StopIteration:
-            state = StepState.DONE
-        except Exception as exc:  # a loader worker died, a transform raised, ...
-            state, error = StepState.FAILED, exc
-        if batch is not None:
-            for image in batch.unreadable:
-                unreadable.append(image)
-                warnings.warn(f"skipped unreadable image {image} ({len(unreadable)} this epoch)", DatasetWarning)
-            if not batch.images:
-                state = StepState.EMPTY
-        agreed = _agree_or_stop(state, error, epoch=epoch, step=step)
+        agreed, batch = _next_batch(batches, unreadable, epoch=epoch, step=step)
         if agreed is StepState.DONE:
             break
         bar.update(1)
         if agreed is StepState.EMPTY:
             continue
-        loss_dict = None
-        try:
-            images = [image.to(device, non_blocking=True) for image in batch.images]
-            targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch.targets]
-            with mixed_precision.autocast(device, scaler):
-                loss_dict = model(images, targets)
-        except Exception as exc:  # out of memory, a bad box, ...
-            error = exc
-        _agree_or_stop(StepState.FAILED if error else StepState.READY, error, epoch=epoch, step=step)
-        reduced = distributed.reduce_dict(loss_dict)
-        total = sum(reduced.values()).item()
-        if not math.isfinite(total):
-            raise NonFiniteLossError(
-                f"loss became {total} at epoch {epoch} step {step} "
-                f"({', '.join(f'{k}={v.item():.4g}' for k, v in reduced.items())}); "
-                "lower --lr or add --warmup-iters"
-            )
+        loss_dict = _forward(model, batch, device, scaler, epoch=epoch, step=step)
+        step_losses = _averaged_losses(loss_dict, epoch=epoch, step=step)
         mixed_precision.backward_and_step(sum(loss_dict.values()), optimizer, scaler)
         step_lr = optimizer.param_groups[0]["lr"]
         if warmup is not None and step < warmup.total_iters:
             warmup.step()
-        steps += 1
-        step_losses = {"loss": total, **{k: v.item() for k, v in reduced.items()}}
-        for key, value in step_losses.items():
-            sums[key] = sums.get(key, 0.0) + value
+        totals.add(step_losses)
         if on_step is not None:
             on_step(step, step_losses, step_lr)
-        bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.set_postfix(loss=f"{totals.mean('loss'):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     bar.close()
     # Each process skipped its own images; rank 0 logs them all.
     every_unreadable = distributed.gather_to_main([str(image) for image in unreadable])
-    return EpochResult(losses={key: value / max(steps, 1) for key, value in sums.items()},
-                       lr=optimizer.param_groups[0]["lr"], steps=steps, unreadable_images=every_unreadable)
+    return EpochResult(losses=totals.means(), lr=optimizer.param_groups[0]["lr"], steps=totals.steps,
+                       unreadable_images=every_unreadable)
+
+
+def _warmup_schedule(optimizer: torch.optim.Optimizer, warmup_iters: int,
+                     steps_this_epoch: int) -> torch.optim.lr_scheduler.LinearLR | None:
+    """A linear LR warm-up from 1/1000 of the LR over ``warmup_iters`` steps of this epoch; None for none."""
+    if warmup_iters <= 0:
+        return None
+    return torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1.0 / 1000, total_iters=max(1, min(warmup_iters, steps_this_epoch - 1)))
+
+
+@dataclass
+class _LossTotals:
+    """The sum of each step's losses over the steps trained, for their means."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+
+    def add(self, losses: dict[str, float]) -> None:
+        self.steps += 1
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def mean(self, key: str) -> float:
+        return self.sums[key] / max(self.steps, 1)
+
+    def means(self) -> dict[str, float]:
+        return {key: self.mean(key) for key in self.sums}
+
+
+def _next_batch(batches: Iterator[Batch], unreadable: list[UnreadableImage], *, epoch: int,
+                step: int) -> tuple[StepState, Batch | None]:
+    """The next batch and what every process agreed to do at this step: train (READY), skip it (EMPTY: a
+    process has no readable image) or end the epoch (DONE: a loader has no batch left).
+
+    The batch's unreadable images are warned of and added to ``unreadable``.
+
+    Raises:
+        StepFailedError: on every process, when loading a batch raised on one.
+    """
+    batch, error, state = None, None, StepState.READY
+    try:
+        batch = next(batches)
+    except StopIteration:
+        state = StepState.DONE
+    except Exception as exc:  # a loader worker died, a transform raised, ...
+        state, error = StepState.FAILED, exc
+    if batch is not None:
+        for image in batch.unreadable:
+            unreadable.append(image)
+            warnings.warn(f"skipped unreadable image {image} ({len(unreadable)} this epoch)", DatasetWarning)
+        if not batch.images:
+            state = StepState.EMPTY
+    return _agree_or_stop(state, error, epoch=epoch, step=step), batch
+
+
+def _forward(model: torch.nn.Module, batch: Batch, device: torch.device, scaler: torch.amp.GradScaler | None,
+             *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    """The losses of the batch's forward pass, once every process's forward pass has succeeded.
+
+    Raises:
+        StepFailedError: on every process, when the forward pass raised on one.
+    """
+    loss_dict, error = None, None
+    try:
+        images = [image.to(device, non_blocking=True) for image in batch.images]
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch.targets]
+        with mixed_precision.autocast(device, scaler):
+            loss_dict = model(images, targets)
+    except Exception as exc:  # out of memory, a bad box, ...
+        error = exc
+    _agree_or_stop(StepState.FAILED if error else StepState.READY, error, epoch=epoch, step=step)
+    return loss_dict
+
+
+def _averaged_losses(loss_dict: dict[str, torch.Tensor], *, epoch: int, step: int) -> dict[str, float]:
+    """Their sum ("loss") and each loss, averaged over the processes.
+
+    Raises:
+        NonFiniteLossError: on every process, when the averaged sum is NaN or infinite.
+    """
+    reduced = distributed.reduce_dict(loss_dict)
+    total = sum(reduced.values()).item()
+    if not math.isfinite(total):
+        raise NonFiniteLossError(
+            f"loss became {total} at epoch {epoch} step {step} "
+            f"({', '.join(f'{k}={v.item():.4g}' for k, v in reduced.items())}); "
+            "lower --lr or add --warmup-iters"
+        )
+    return {"loss": total, **{k: v.item() for k, v in reduced.items()}}
 
 
 def _agree_or_stop(state: StepState, error: Exception | None, *, epoch: int, step: int) -> StepState:

@@ -23,11 +23,12 @@ import traceback
 import warnings
 import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from handler.checkpoint import (CheckpointError, checkpoint_name, epoch_checkpoints, load_checkpoint,
                                 model_from_checkpoint, save_checkpoint)
@@ -37,7 +38,7 @@ from handler.text import error_line
 from training.augmentation import train_transforms
 from training.backbones import backbone_start_state, default_backbone_weights
 from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
-from training.datasets import DatasetError, open_dataset
+from training.datasets import DatasetError, DetectionDataset, open_dataset
 from training.distributed import (StepFailedError, barrier, get_rank, get_world_size, init_distributed,
                                   is_main_process)
 from training.engine import NonFiniteLossError, evaluate, format_metrics_table, train_one_epoch
@@ -51,6 +52,42 @@ MAR_MANIFEST = "MAR-INF/MANIFEST.json"  # what makes a zip file a TorchServe mod
 
 class ResumeWarning(UserWarning):
     """A checkpoint resumed from without part of the training state (e.g. a serving copy)."""
+
+
+@dataclass
+class Loaders:
+    """The training set and this process's loaders (under DDP its share of the images)."""
+
+    train_set: DetectionDataset
+    sampler: Sampler[int]  # reshuffled each epoch under DDP (set_epoch)
+    train: DataLoader
+    val: DataLoader | None  # None without --val-split
+
+
+@dataclass
+class Run:
+    """What every epoch of a training run works with."""
+
+    args: argparse.Namespace
+    device: torch.device
+    world: int  # processes
+    loaders: Loaders
+    model: torch.nn.Module  # wrapped in DistributedDataParallel under DDP: the one trained
+    model_without_ddp: torch.nn.Module  # the one evaluated and saved
+    config: dict
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    scaler: torch.amp.GradScaler | None
+    main: bool  # rank 0: writes the checkpoints, log.jsonl and curves
+    curves: TrainingCurves | None = None  # rank 0's
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaders.train_set.class_names
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -134,7 +171,8 @@ def build_new_detector(backbone: str, num_classes: int, weights: str, overrides:
     return model, config
 
 
-def build_loaders(args, class_names, distributed: bool):
+def build_loaders(args: argparse.Namespace, class_names: list[str] | None, distributed: bool) -> Loaders:
+    """The training set and this process's loaders; ``class_names`` fixes the labels (None: from the data)."""
     train_set = open_dataset(args.data, args.train_split, format=args.format, class_names=class_names,
                              transforms=train_transforms(hflip_prob=args.hflip_prob))
     sampler = DistributedSampler(train_set, seed=args.seed) if distributed else RandomSampler(train_set)
@@ -153,7 +191,7 @@ def build_loaders(args, class_names, distributed: bool):
         val_loader = DataLoader(val_set, batch_size=args.batch_size,
                                 sampler=range(get_rank(), len(val_set), get_world_size()),
                                 num_workers=args.workers, collate_fn=collate_as_lists)
-    return train_set, sampler, train_loader, val_loader
+    return Loaders(train_set=train_set, sampler=sampler, train=train_loader, val=val_loader)
 
 
 def read_resume_checkpoint(path: str) -> dict:
@@ -251,101 +289,134 @@ def seed_everything(seed: int) -> None:
 def train(args: argparse.Namespace) -> dict:
     """Runs the whole training; returns the last epoch's log record."""
     rank, world, local_rank = init_distributed()
-    distributed = world > 1
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     seed_everything(args.seed + rank)
-    class_names = parse_class_names(args.classes)
-
     resumed = read_resume_checkpoint(args.resume) if args.resume else None
-    if resumed:
-        class_names = resumed["class_names"]
-    train_set, sampler, train_loader, val_loader = build_loaders(args, class_names, distributed)
-    class_names = train_set.class_names
+    loaders = build_loaders(args, resumed["class_names"] if resumed else parse_class_names(args.classes), world > 1)
+    model, config = build_model(args, resumed, num_classes=len(loaders.train_set.class_names) + 1, device=device)
+    ddp_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[local_rank] if device.type == "cuda" else None)
+    optimizer, lr_scheduler = build_optimizer(args, ddp_model)
+    scaler = grad_scaler(device, enabled=args.amp)
+    start_epoch = 1 if not resumed else restore_training_state(
+        resumed, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, source=args.resume)
+    run = Run(args=args, device=device, world=world, loaders=loaders, model=ddp_model, model_without_ddp=model,
+              config=config, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, main=is_main_process())
+    if run.main:
+        run.curves = start_output(run, start_epoch, resumed=resumed is not None)
+    record: dict = {}
+    unreadable: Counter[str] = Counter()  # image -> epochs in which it was skipped
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            record, metrics = train_and_evaluate(run, epoch)
+            unreadable.update(record["unreadable_images"] + record.get("val_unreadable_images", []))
+            if run.main:
+                save_epoch(run, epoch, record, metrics)
+            barrier()
+    finally:  # a failed run keeps its events and curves.png up to the failure
+        if run.curves:
+            run.curves.close()
+    if unreadable:  # only rank 0 has the names
+        print(unreadable_summary(unreadable))
+    return record
 
+
+def build_model(args: argparse.Namespace, resumed: dict | None, *, num_classes: int,
+                device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The model to train, on ``device``, and its config: the resumed checkpoint's, or a new one (then
+    ``args.backbone_weights`` is set to what its backbone starts from)."""
     if resumed:
         config = resumed["model_config"]
         model = model_from_checkpoint(resumed)
     else:
         args.backbone_weights = args.backbone_weights or default_backbone_weights(args.backbone)
-        model, config = build_new_detector(args.backbone, len(class_names) + 1, args.backbone_weights,
+        model, config = build_new_detector(args.backbone, num_classes, args.backbone_weights,
                                            parse_overrides(args.model_override))
     model.to(device)
     if args.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    model_without_ddp = model
-    if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None)
+    return model, config
 
+
+def build_optimizer(
+    args: argparse.Namespace, model: torch.nn.Module,
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    """SGD over the trainable parameters, and the cosine schedule from ``--lr`` to ``--eta-min`` at ``--epochs``."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.eta_min)
-    scaler = grad_scaler(device, enabled=args.amp)
-    start_epoch = 1
-    if resumed:
-        start_epoch = restore_training_state(resumed, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                             scaler=scaler, source=args.resume)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.eta_min)
 
-    output_dir = Path(args.output_dir)
-    main = is_main_process()
-    curves = None
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        curves = TrainingCurves(log_dir=output_dir, class_names=class_names,
-                                steps_per_epoch=min(args.max_steps_per_epoch or len(train_loader), len(train_loader)),
-                                score_threshold=ServingSettings.score_threshold)
-        print(f"training {config['backbone']} on {len(train_set)} images of {len(class_names)} classes "
-              f"({world} process{'es' if world > 1 else ''}, {device}), epochs {start_epoch}..{args.epochs}; "
-              f"data: {train_set.layout}" + ("" if resumed else f"; backbone weights: {args.backbone_weights}"))
-        print(checkpoint_size_line(model_without_ddp, optimizer, epochs=args.epochs - start_epoch + 1,
-                                   keep_last=args.keep_last))
-    record: dict = {}
-    unreadable: Counter[str] = Counter()  # image -> epochs in which it was skipped
-    try:
-        for epoch in range(start_epoch, args.epochs + 1):
-            if distributed:
-                sampler.set_epoch(epoch)
-            started = time.perf_counter()
-            result = train_one_epoch(
-                model, optimizer, train_loader, device, epoch,
-                warmup_iters=args.warmup_iters if epoch == 1 else 0, scaler=scaler,
-                max_steps=args.max_steps_per_epoch, show_progress=args.progress and main,
-                on_step=(lambda step, losses, lr: curves.log_step(epoch, step, losses, lr)) if curves else None)
-            lr_scheduler.step()
-            record = {"epoch": epoch, **result.losses, "lr": result.lr, "steps": result.steps,
-                      "unreadable_images": result.unreadable_images, "train_seconds": time.perf_counter() - started}
-            unreadable.update(result.unreadable_images)
-            metrics = evaluate(model_without_ddp, val_loader, device, class_names) if val_loader is not None else None
-            if main:
-                if metrics is not None:
-                    record.update(map50=metrics["map50"], map=metrics["map"],
-                                  val_unreadable_images=metrics["unreadable_images"])
-                    unreadable.update(metrics["unreadable_images"])
-                    print(format_metrics_table(metrics))
-                path = save_checkpoint(
-                    output_dir / checkpoint_name(epoch), model=model_without_ddp, model_config=config,
-                    class_names=class_names, epoch=epoch, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                    scaler=scaler, args=vars(args))
-                removed = ([] if args.keep_last is None else
-                           remove_older_checkpoints(output_dir, written=epoch, keep_last=args.keep_last))
-                with open(output_dir / "log.jsonl", "a") as log:
-                    log.write(json.dumps(record) + "\n")
-                curves.end_epoch(epoch, metrics, model_without_ddp,
-                                 val_loader.dataset if val_loader is not None else None, device)
-                print(f"epoch {epoch}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
-                      + (f", mAP@0.5 {record['map50']:.3f}" if "map50" in record else "") + f" -> {path}"
-                      + (f" (deleted {', '.join(old.name for old in removed)})" if removed else ""))
-            barrier()
-    finally:  # a failed run keeps its events and curves.png up to the failure
-        if curves:
-            curves.close()
-    if unreadable:  # only rank 0 has the names
-        names = [f"  {name}: skipped in {count} epoch{'s' if count > 1 else ''}"
-                 for name, count in unreadable.most_common(UNREADABLE_SHOWN)]
-        more = len(unreadable) - len(names)
-        print(f"{len(unreadable)} unreadable image{'s' if len(unreadable) > 1 else ''} skipped "
-              f"(log.jsonl lists them per epoch):", *names, *([f"  and {more} more"] if more else []), sep="\n")
-    return record
+
+def start_output(run: Run, start_epoch: int, *, resumed: bool) -> TrainingCurves:
+    """Rank 0: makes ``--output-dir`` and the run's training curves, and says what the run trains and how much
+    disk its checkpoints take."""
+    args, train_set, train_loader = run.args, run.loaders.train_set, run.loaders.train
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    curves = TrainingCurves(log_dir=run.output_dir, class_names=run.class_names,
+                            steps_per_epoch=min(args.max_steps_per_epoch or len(train_loader), len(train_loader)),
+                            score_threshold=ServingSettings.score_threshold)
+    print(f"training {run.config['backbone']} on {len(train_set)} images of {len(run.class_names)} classes "
+          f"({run.world} process{'es' if run.world > 1 else ''}, {run.device}), epochs {start_epoch}..{args.epochs}; "
+          f"data: {train_set.layout}" + ("" if resumed else f"; backbone weights: {args.backbone_weights}"))
+    print(checkpoint_size_line(run.model_without_ddp, run.optimizer, epochs=args.epochs - start_epoch + 1,
+                               keep_last=args.keep_last))
+    return curves
+
+
+def train_and_evaluate(run: Run, epoch: int) -> tuple[dict, dict | None]:
+    """One epoch of training, then the evaluation on the validation split.
+
+    Returns:
+        The epoch's log record (with the validation mAP on rank 0), and the metrics (rank 0's; None on the others
+        and without ``--val-split``).
+    """
+    args = run.args
+    if run.world > 1:
+        run.loaders.sampler.set_epoch(epoch)
+    started = time.perf_counter()
+    result = train_one_epoch(
+        run.model, run.optimizer, run.loaders.train, run.device, epoch,
+        warmup_iters=args.warmup_iters if epoch == 1 else 0, scaler=run.scaler,
+        max_steps=args.max_steps_per_epoch, show_progress=args.progress and run.main,
+        on_step=(lambda step, losses, lr: run.curves.log_step(epoch, step, losses, lr)) if run.curves else None)
+    run.lr_scheduler.step()
+    record = {"epoch": epoch, **result.losses, "lr": result.lr, "steps": result.steps,
+              "unreadable_images": result.unreadable_images, "train_seconds": time.perf_counter() - started}
+    metrics = None
+    if run.loaders.val is not None:
+        metrics = evaluate(run.model_without_ddp, run.loaders.val, run.device, run.class_names)
+    if metrics is not None:  # rank 0
+        record.update(map50=metrics["map50"], map=metrics["map"], val_unreadable_images=metrics["unreadable_images"])
+        print(format_metrics_table(metrics))
+    return record, metrics
+
+
+def save_epoch(run: Run, epoch: int, record: dict, metrics: dict | None) -> None:
+    """Rank 0: writes ``Epoch.N.pth`` (deleting older ones beyond ``--keep-last``), the record to ``log.jsonl``
+    and the epoch's curves, and prints the epoch's line."""
+    args = run.args
+    path = save_checkpoint(
+        run.output_dir / checkpoint_name(epoch), model=run.model_without_ddp, model_config=run.config,
+        class_names=run.class_names, epoch=epoch, optimizer=run.optimizer, lr_scheduler=run.lr_scheduler,
+        scaler=run.scaler, args=vars(args))
+    removed = ([] if args.keep_last is None else
+               remove_older_checkpoints(run.output_dir, written=epoch, keep_last=args.keep_last))
+    with open(run.output_dir / "log.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
+    run.curves.end_epoch(epoch, metrics, run.model_without_ddp,
+                         run.loaders.val.dataset if run.loaders.val is not None else None, run.device)
+    print(f"epoch {epoch}: loss {record['loss']:.4f}, lr {record['lr']:.2e}"
+          + (f", mAP@0.5 {record['map50']:.3f}" if "map50" in record else "") + f" -> {path}"
+          + (f" (deleted {', '.join(old.name for old in removed)})" if removed else ""))
+
+
+def unreadable_summary(unreadable: Counter[str]) -> str:
+    """The closing lines on the images skipped as unreadable: the most often skipped first."""
+    names = [f"  {name}: skipped in {count} epoch{'s' if count > 1 else ''}"
+             for name, count in unreadable.most_common(UNREADABLE_SHOWN)]
+    more = len(unreadable) - len(names)
+    return "\n".join([f"{len(unreadable)} unreadable image{'s' if len(unreadable) > 1 else ''} skipped "
+                      "(log.jsonl lists them per epoch):", *names, *([f"  and {more} more"] if more else [])])
 
 
 def main(argv: list[str] | None = None) -> int:
