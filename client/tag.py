@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.tag", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--format", choices=["dict", "list"], help="response format (default: the server's, dict)")
-    parser.add_argument("--threshold", type=float, help="score threshold from 0 to 1 (default: the server's, 0.5)")
+    parser.add_argument("--threshold", type=float, help="score threshold from 0 to 1 (default: the server's)")
     parser.add_argument("--draw", type=Path, metavar="OUT_DIR",
                         help="write each image with its boxes here (as <name>.tagged.<ext> where <name> is an input)")
     parser.add_argument("--url", help=f"prediction endpoint (default: the one {SERVER_CONFIG} serves)")

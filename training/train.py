@@ -35,6 +35,7 @@ from handler.checkpoint import (CheckpointError, checkpoint_name, epoch_checkpoi
 from handler.detector import BACKBONES, build_detector_from_config, model_config
 from handler.settings import ServingSettings
 from handler.text import error_line
+from scripts.model_archive import MANIFEST, ArchiveReadError, extract_serialized_file, member_names
 from training.augmentation import train_transforms
 from training.backbones import backbone_start_state, default_backbone_weights
 from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
@@ -47,7 +48,6 @@ from training.layouts import FORMATS
 from training.mixed_precision import grad_scaler
 
 UNREADABLE_SHOWN = 10  # unreadable images named in the closing summary (log.jsonl names all)
-MAR_MANIFEST = "MAR-INF/MANIFEST.json"  # what makes a zip file a TorchServe model archive
 
 
 class ResumeWarning(UserWarning):
@@ -200,14 +200,13 @@ def read_resume_checkpoint(path: str) -> dict:
     Raises:
         CheckpointError: not a checkpoint of this project, nor an archive holding one.
     """
-    if zipfile.is_zipfile(path):  # a torch file is a zip too, but without the archive's manifest
-        with zipfile.ZipFile(path) as archive:
-            if MAR_MANIFEST in archive.namelist():
-                packed = json.loads(archive.read(MAR_MANIFEST)).get("model", {}).get("serializedFile")
-                if not packed:
-                    raise CheckpointError(f"{path} is a model archive without a checkpoint (no serializedFile)")
-                with tempfile.TemporaryDirectory() as folder:
-                    return load_checkpoint(archive.extract(packed, folder))
+    # A torch file is a zip too, but without the archive's manifest.
+    if zipfile.is_zipfile(path) and MANIFEST in member_names(Path(path)):
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                return load_checkpoint(extract_serialized_file(Path(path), Path(folder)))
+            except ArchiveReadError as exc:
+                raise CheckpointError(str(exc)) from None
     return load_checkpoint(path)
 
 
