@@ -21,13 +21,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .request_parsing import JSON_IMAGE_FIELD, RAW_BODY, RequestError
+from .request_parsing import JSON_IMAGE_FIELD, OPTION_FIELDS, RAW_BODY, RequestError
 
 V1_INSTANCES = "instances"
 V2_INPUTS = "inputs"
 V2_OUTPUT_NAME = "result"
-# Request fields (v1: of the instance; v2: of the request's or the input's "parameters") that are options.
-OPTION_FIELDS = ("format", "threshold")
 
 
 @dataclass(frozen=True)

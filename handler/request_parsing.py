@@ -23,6 +23,8 @@ from .text import shorten
 RESPONSE_FORMATS = ("dict", "list")
 FORMAT_FIELD = "format"
 THRESHOLD_FIELD = "threshold"
+# The fields of a form or a JSON body (and of a KServe request's parameters) that are options, not the image.
+OPTION_FIELDS = (FORMAT_FIELD, THRESHOLD_FIELD)
 JSON_IMAGE_FIELD = "data"
 RAW_BODY = "body"
 FORMAT_HEADER = "X-Tag-Format"
@@ -113,10 +115,10 @@ def parse_request(row: Any, headers: Mapping[str, Any], *, defaults: TagOptions)
     fields: dict[str, Any] = {}
     text_parts: list[str] = []
     for name, value in row.items():
-        if str(name).lower() in (FORMAT_FIELD, THRESHOLD_FIELD):
+        if str(name).lower() in OPTION_FIELDS:
             fields[str(name).lower()] = value
         elif isinstance(value, Mapping):
-            fields.update({k: value[k] for k in (FORMAT_FIELD, THRESHOLD_FIELD) if k in value})
+            fields.update({k: value[k] for k in OPTION_FIELDS if k in value})
             images[name] = _image_from_json(value)
         elif isinstance(value, (bytes, bytearray)) and name != RAW_BODY and _is_form_field(headers, name, value):
             text_parts.append(name)

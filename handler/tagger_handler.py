@@ -157,8 +157,8 @@ class TaggerHandler(BaseHandler):
         if item.envelope is not None:
             model = self.manifest["model"]
             response = item.envelope.wrap(response, model_name=model["modelName"],
-                                                  model_version=model["modelVersion"],
-                                                  torchserve_id=self.context.get_request_id(idx))
+                                          model_version=model["modelVersion"],
+                                          torchserve_id=self.context.get_request_id(idx))
         return response
 
     def _add_time(self, name: str, started: float) -> None:

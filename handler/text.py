@@ -13,7 +13,7 @@ def error_line(exc: BaseException, *, with_type: bool = False) -> str:
         exc: the exception.
         with_type: start with ``"Type: "``, for exceptions whose type says what went wrong (``KeyError: 'boxes'``).
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = _lines(exc)
     if not lines:
         return type(exc).__name__
     return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]
@@ -21,10 +21,15 @@ def error_line(exc: BaseException, *, with_type: bool = False) -> str:
 
 def last_line(text: object) -> str:
     """The last non-blank line of a text: where a traceback (another program's stderr) states its error."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    lines = _lines(text)
     return lines[-1] if lines else "no message"
 
 
 def shorten(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` characters, ending in ``...`` when it was cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _lines(text: object) -> list[str]:
+    """The non-blank lines of ``str(text)``, stripped."""
+    return [line.strip() for line in str(text).splitlines() if line.strip()]
