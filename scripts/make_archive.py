@@ -30,7 +30,7 @@ from handler.detector import build_detector_from_config
 from handler.text import last_line
 from project import HANDLER_PACKAGE, MODEL_CONFIG, SERVER_CONFIG, SHIPPED_CHECKPOINT
 from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
-from scripts.model_archive import ArchiveReadError, member_names, read_member
+from scripts.model_archive import PACKED_MODEL_CONFIG, ArchiveReadError, member_names, read_member
 from scripts.serve import start_line_by_hand
 
 ENTRY_FILE = "tagger_handler.py"
@@ -47,16 +47,14 @@ def build_archive(
     output: Path,
     model_config_file: Path,
     handler_package: Path = HANDLER_PACKAGE,
-    version: str = MODEL_VERSION,
 ) -> Path:
     """Builds ``output`` (its stem is the model name), replacing any older archive only when done.
 
     Args:
         checkpoint: an ``Epoch.N.pth`` of this project (or its serving copy, such as ``model/demo.pth``).
         output: the ``.mar`` to write, e.g. ``archive/tagger.mar``.
-        model_config_file: TorchServe's model config, packed as ``model-config.yaml``.
+        model_config_file: TorchServe's model config, packed as ``model-config.yaml`` whatever its own name.
         handler_package: the ``handler/`` folder; its ``tagger_handler.py`` is the entry file.
-        version: the model version TorchServe reports.
 
     Raises:
         CheckpointError: the checkpoint cannot be read or its weights do not fit its own model config.
@@ -83,16 +81,20 @@ def build_archive(
             (extra / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, extra / name)
         ArchiveSource.of(Path(checkpoint)).write(extra / SOURCE_RECORD)
+        # torch-model-archiver packs --config-file under its own file name; the readers of an archive look
+        # for one name (scripts/model_archive.py).
+        packed_config = work / PACKED_MODEL_CONFIG
+        shutil.copyfile(model_config_file, packed_config)
         export = work / "export"
         export.mkdir()
         command = [
             sys.executable, "-m", "model_archiver.model_packaging",
             "--model-name", output.stem,
-            "--version", version,
+            "--version", MODEL_VERSION,
             "--serialized-file", str(weights),
             "--handler", str(entry_file),
             "--extra-files", str(extra),
-            "--config-file", str(model_config_file),
+            "--config-file", str(packed_config),
             "--export-path", str(export),
         ]
         # The archiver stages files in $TMPDIR/<model name>; a private TMPDIR lets two builds run at once.
@@ -142,12 +144,14 @@ def archive_is_current(
     Contents, not modification times: another run's checkpoint, or a file restored from git, can be older
     than the archive and still differ from what it packs.
     """
-    # torch-model-archiver packs --config-file and --handler at the root under their own names.
-    wanted = {model_config_file.name: model_config_file, ENTRY_FILE: handler_package / ENTRY_FILE,
+    # The model config and --handler are packed at the root (build_archive).
+    wanted = {PACKED_MODEL_CONFIG: model_config_file, ENTRY_FILE: handler_package / ENTRY_FILE,
               **packed_package_files(handler_package)}
     try:
         source = read_archive_source(archive)
-        if source is None or not checkpoint.is_file() or source != ArchiveSource.of(checkpoint):
+        # The path before the sha256: hashing a large checkpoint takes about 1 s per GB.
+        if (source is None or not checkpoint.is_file() or source.checkpoint != str(checkpoint.resolve())
+                or source != ArchiveSource.of(checkpoint)):
             return False
         code = {name for name in member_names(archive) if name in wanted or name.startswith("handler/")}
         return code == wanted.keys() and all(read_member(archive, name) == path.read_bytes()

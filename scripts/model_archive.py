@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 MANIFEST = "MAR-INF/MANIFEST.json"
-MODEL_CONFIG = "model-config.yaml"  # what make_archive packs its --model-config as
+PACKED_MODEL_CONFIG = "model-config.yaml"  # what make_archive packs its --model-config as, whatever its name
 
 
 class ArchiveReadError(ValueError):
@@ -57,9 +57,9 @@ def packed_model_config(archive: Path) -> dict[str, Any]:
         ArchiveReadError: the archive or its model config cannot be read.
     """
     try:
-        return yaml.safe_load(read_member(archive, MODEL_CONFIG)) or {}
+        return yaml.safe_load(read_member(archive, PACKED_MODEL_CONFIG)) or {}
     except yaml.YAMLError as exc:
-        raise ArchiveReadError(f"{archive}: {MODEL_CONFIG} is not YAML: {exc}") from None
+        raise ArchiveReadError(f"{archive}: {PACKED_MODEL_CONFIG} is not YAML: {exc}") from None
 
 
 def extract_serialized_file(archive: Path, folder: Path) -> Path:
