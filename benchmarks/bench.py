@@ -60,9 +60,7 @@ from handler.tagging import Tagger, detections_above, format_response
 from project import MODEL_CONFIG, SERVER_CONFIG
 from scripts.make_archive import build_archive
 from scripts.model_archive import ArchiveReadError, extract_serialized_file
-from scripts.serve import (
-    config_on_free_ports, running_server, served_layout, start_server, stop_server, wait_until_ready,
-)
+from scripts.serve import running_server, served_layout, server_on_free_ports
 from training.synthetic import render_image
 
 # Mixed sizes, portrait and landscape: the model resizes each to its own min_size/max_size.
@@ -223,20 +221,12 @@ def static_server(checkpoint: Path, *, workers: int, threads: int, server_config
     model_config = yaml.safe_load(MODEL_CONFIG.read_text()) or {}
     model_config.update(minWorkers=workers, maxWorkers=workers)
     model_config["handler"] = {**(model_config.get("handler") or {}), "torch_threads": threads}
-    store, start, tmp = folder / "store", folder / "start", folder / "tmp"
-    for made in (store, start, tmp):
-        made.mkdir(parents=True)
-    config_file = folder / "config.properties"
-    config_file.write_text(config_on_free_ports(store, server_config=server_config))
-    config = read_server_config(config_file)
+    store = folder / "store"
     (folder / MODEL_CONFIG.name).write_text(yaml.safe_dump(model_config))
-    build_archive(checkpoint, output=config.archive, model_config_file=folder / MODEL_CONFIG.name)
-    try:
-        server = start_server(config_file, start_dir=start, tmp_dir=tmp)
-        wait_until_ready(config, key_file=start / KEY_FILE, server=server, log_dir=start / "logs")
-        yield config.predictions_url, bearer(read_keys(start / KEY_FILE).inference)
-    finally:
-        stop_server(start_dir=start, tmp_dir=tmp)
+    build_archive(checkpoint, output=store / read_server_config(server_config).archive.name,
+                  model_config_file=folder / MODEL_CONFIG.name)
+    with server_on_free_ports(store, folder, server_config=server_config) as server:
+        yield server.config.predictions_url, bearer(read_keys(server.start_dir / KEY_FILE).inference)
 
 
 # ---- load generator ----

@@ -13,6 +13,7 @@ TorchServe finds a running server through ``$TMPDIR/.model_server.pid``: start a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shlex
@@ -21,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import requests
@@ -245,12 +247,54 @@ def config_on_free_ports(store: Path, *, server_config: Path) -> str:
     lines = []
     for line in server_config.read_text().splitlines():
         key, _, value = (part.strip() for part in line.partition("="))
-        if key == "metrics_config" and not line.startswith("#"):  # relative to the start folder
+        if line.startswith("#"):
+            pass
+        elif key == "metrics_config":  # relative to the start folder
             line = f"{key}={(server_config.resolve().parent / value).resolve()}"
-        lines.append(f"{key}={changes.pop(key)}" if key in changes and not line.startswith("#") else line)
+        elif key in changes:
+            line = f"{key}={changes.pop(key)}"
+        lines.append(line)
     if changes:
         raise ServerConfigError(f"{server_config} lacks {', '.join(changes)}")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ServerBeside:
+    """A TorchServe started beside another (``server_on_free_ports``).
+
+    Args:
+        config: its addresses and archive.
+        config_file: its ``config.properties``.
+        start_dir: the folder it started in (``key_file.json``, ``logs/``).
+        tmp_dir: its ``TMPDIR``.
+        process: its front end.
+    """
+
+    config: ServerConfig
+    config_file: Path
+    start_dir: Path
+    tmp_dir: Path
+    process: psutil.Process
+
+
+@contextlib.contextmanager
+def server_on_free_ports(store: Path, folder: Path, *, server_config: Path = SERVER_CONFIG) -> Iterator[ServerBeside]:
+    """TorchServe serving the archive ``server_config`` loads, from ``store``, on free loopback ports, started
+    in ``folder``/start with its own ``folder``/tmp (for tests and benchmarks); stopped on exit, also when
+    the start fails, so a half-started server never outlives its caller."""
+    start_dir, tmp_dir = folder / "start", folder / "tmp"
+    for made in (start_dir, tmp_dir):
+        made.mkdir(parents=True)
+    config_file = folder / "config.properties"
+    config_file.write_text(config_on_free_ports(store, server_config=server_config))
+    config = read_server_config(config_file)
+    try:
+        process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
+        wait_until_ready(config, key_file=start_dir / KEY_FILE, server=process, log_dir=start_dir / "logs")
+        yield ServerBeside(config, config_file, start_dir, tmp_dir, process)
+    finally:
+        stop_server(start_dir=start_dir, tmp_dir=tmp_dir)
 
 
 def java_home() -> str | None:

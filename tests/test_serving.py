@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,14 +32,12 @@ import requests
 import yaml
 from PIL import Image
 
-from client.config import ServerConfig, read_server_config
 from client.keys import KEY_FILE, TorchServeKeys, bearer, read_keys
 from client.tag import tag_images
 from handler.sizing import cpu_cores, worker_layout
 from scripts.archive_source import ArchiveSource
 from scripts.serve import (
-    CONSOLE_LOG, config_on_free_ports, java_home, renew_expiring_keys, running_server, start_server, stop_server,
-    wait_until_ready,
+    CONSOLE_LOG, ServerBeside, java_home, renew_expiring_keys, running_server, server_on_free_ports,
 )
 from project import MODEL_CONFIG as MODEL_CONFIG_FILE
 from project import ROOT, SHIPPED_CHECKPOINT
@@ -54,13 +51,8 @@ LAYOUT = worker_layout(cores=cpu_cores())
 BATCH_LINE = re.compile(r"\[METRICS\]TaggerImages\.Count:\d+\|.*#hostname:[^,]*,\d+,(?P<ids>[^ ]+?),? pattern=")
 
 
-@dataclass
-class Server:
-    config: ServerConfig
-    config_file: Path
-    start_dir: Path
-    tmp_dir: Path
-    process: psutil.Process
+class Server(ServerBeside):
+    """The module's server, with the calls its tests make."""
 
     @property
     def url(self) -> str:
@@ -86,21 +78,11 @@ class Server:
 def torchserve(store: Path, root: Path) -> Iterator[Server]:
     """The real TorchServe serving ``store`` (the archive config.properties loads) on free loopback ports,
     started in ``root``/start with its own ``root``/tmp, without PYTHONPATH; stopped on exit."""
-    start_dir, tmp_dir = root / "start", root / "tmp"
-    for folder in (start_dir, tmp_dir):
-        folder.mkdir()
-    config_file = root / "config.properties"
-    config_file.write_text(config_on_free_ports(store, server_config=ROOT / "config.properties"))
-    config = read_server_config(config_file)
-    try:  # stopped even when the start fails: a half-started server must not outlive the test
-        with pytest.MonkeyPatch.context() as patch:
-            patch.delenv("PYTHONPATH", raising=False)
-            patch.delenv("TS_CONFIG_FILE", raising=False)
-            process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
-        wait_until_ready(config, key_file=start_dir / KEY_FILE, server=process, log_dir=start_dir / "logs")
-        yield Server(config, config_file, start_dir, tmp_dir, process)
-    finally:
-        stop_server(start_dir=start_dir, tmp_dir=tmp_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PYTHONPATH", raising=False)
+        patch.delenv("TS_CONFIG_FILE", raising=False)
+        with server_on_free_ports(store, root) as served:
+            yield Server(**vars(served))
 
 
 @pytest.fixture(scope="module")
