@@ -11,11 +11,10 @@ import pytest
 
 from handler.checkpoint import checkpoint_name, save_checkpoint
 from handler.detector import model_config, build_detector_from_config
-from project import SHIPPED_CHECKPOINT
+from project import ROOT, SHIPPED_CHECKPOINT
 from training.demo import DEMO_RECIPE
 from training.synthetic import CLASS_NAMES, write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # The demo recipe of `make demo-model`, run for a few steps only: the suite's own training shows that the
 # real CLI learns from scratch; the trained-model tests use the shipped checkpoint (model/demo.pth).

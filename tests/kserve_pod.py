@@ -38,7 +38,8 @@ from typing import Iterator
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from project import ROOT
+
 KSERVE_VENV = ROOT / ".venv-kserve"
 ENTRYPOINT = ROOT / "deploy" / "kserve" / "entrypoint.sh"  # the image's: TorchServe, then the model server
 

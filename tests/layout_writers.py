@@ -15,7 +15,8 @@ from typing import Callable
 import yaml
 from PIL import Image, ImageDraw
 
-from tests.test_datasets import RACCOON, open_with_warnings, write_voc_xml
+from project import RACCOON
+from tests.test_datasets import open_with_warnings, write_voc_xml
 from training.datasets import hash_held_out
 
 

@@ -24,8 +24,8 @@ from client.config import ServerConfig, ServerConfigError, read_properties, read
 from client.draw import draw_detections, label_color
 from client.keys import KeyFileError, read_keys
 from client.tag import TagResult, describe_refusal, format_result, main
+from project import ROOT, SERVER_CONFIG
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # The shape TorchServe 0.12 writes (its key names, nanosecond times).
 KEY_FILE = {
@@ -185,10 +185,10 @@ def test_cli_refuses_bad_arguments_in_one_line(args, message):
 
 
 def test_server_config_is_read_from_config_properties(tmp_path):
-    config = read_server_config(ROOT / "config.properties")
+    config = read_server_config(SERVER_CONFIG)
     assert config.predictions_url == "http://127.0.0.1:8080/predictions/tagger"
     assert (config.archive, config.model_name) == (ROOT / "archive" / "tagger.mar", "tagger")
-    elsewhere = read_server_config(ROOT / "config.properties", start_dir=tmp_path)
+    elsewhere = read_server_config(SERVER_CONFIG, start_dir=tmp_path)
     assert elsewhere.archive == tmp_path / "archive" / "tagger.mar"
     named = tmp_path / "named.properties"
     named.write_text("inference_address=http://127.0.0.1:9\nmanagement_address=http://127.0.0.1:10\n"
@@ -204,7 +204,7 @@ def test_server_config_is_read_from_config_properties(tmp_path):
 def test_properties_are_read_as_torchserve_reads_them(tmp_path):
     """TorchServe's launcher (ts.model_server.load_properties) and the client read key=value lines alike; the
     lines only its Java front end (java.util.Properties) reads as settings are read as Java reads them."""
-    assert read_properties(ROOT / "config.properties") == load_properties(str(ROOT / "config.properties"))
+    assert read_properties(SERVER_CONFIG) == load_properties(str(SERVER_CONFIG))
     common = tmp_path / "common.properties"
     common.write_text("# a comment\n\n   \ninference_address = http://127.0.0.1:9  \n  model_store=  /srv/a=b\n"
                       "\t# indented comment\nload_models=photos=tagger.mar,other.mar\nempty=\n  vmargs =-Xmx1g -Dx=1\n")

@@ -14,10 +14,10 @@ import torch
 
 from handler.core_sharing import CoreSharing, busy_threads, record_folder
 from handler.sizing import cpu_cores
+from project import ROOT
 from tests.test_handler import Upload, ask, eager_checkpoint, serve  # noqa: F401 (fixture)
 from tests.test_serving import scene
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

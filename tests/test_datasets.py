@@ -19,10 +19,10 @@ from training.datasets import (
     DatasetWarning,
     open_dataset,
 )
+from project import RACCOON
 from tests.test_decode import malformed_exif_png
 from training.augmentation import RandomHorizontalFlip
 
-RACCOON = Path(__file__).resolve().parent / "data" / "raccoon"  # see tests/data/README.md
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 

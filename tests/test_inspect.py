@@ -7,8 +7,9 @@ import yaml
 from PIL import Image
 
 from client.draw import label_color
+from project import RACCOON
 from tests.conftest import run_module
-from tests.test_datasets import RACCOON, build_malformed_exif_voc, build_messy_flat_voc, write_image, write_voc_xml
+from tests.test_datasets import build_malformed_exif_voc, build_messy_flat_voc, write_image, write_voc_xml
 from training import inspect
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from handler.sizing import WorkerLayout, cgroup_cpu_limit, configured_workers, cpu_cores, worker_layout
+from project import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(

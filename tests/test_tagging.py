@@ -8,7 +8,6 @@ import json
 import math
 import random
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +39,7 @@ from handler.tagging import (
     format_response,
     tags_of,
 )
+from project import MODEL_CONFIG
 from training.synthetic import CLASS_NAMES, render_image
 
 DEFAULTS = TagOptions(response_format="dict", threshold=0.5)
@@ -236,7 +236,7 @@ def test_settings_from_the_model_config_section():
 
 
 def test_the_shipped_model_config_has_valid_handler_settings():
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "model" / "model-config.yaml").read_text())
+    config = yaml.safe_load(MODEL_CONFIG.read_text())
     section = {key: value for key, value in config["handler"].items() if key != "profile"}
     assert asdict(settings_from_config(section)) == {**asdict(ServingSettings()), **section}
 

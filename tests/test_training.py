@@ -18,6 +18,7 @@ import torch
 
 from handler.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint, save_serving_checkpoint
 from handler.detector import build_detector_from_config, model_config
+from project import RACCOON
 from tests.conftest import DEMO_TRAIN_ARGS, ROOT, TEST_EPOCHS, run_module
 from training.demo import DEMO_RECIPE
 from training.events import CURVES_FILE, read_scalars
@@ -239,13 +240,12 @@ def test_resume_restores_the_amp_grad_scaler_and_reads_checkpoints_without_one(t
 
 
 def test_training_and_evaluation_run_unchanged_on_the_raccoon_photos(tmp_path):
-    raccoon = ROOT / "tests" / "data" / "raccoon"
-    result = run_module("training.train", "--data", raccoon, "--epochs", 1, "--max-steps-per-epoch", 2,
+    result = run_module("training.train", "--data", RACCOON, "--epochs", 1, "--max-steps-per-epoch", 2,
                         "--output-dir", tmp_path, *DEMO_TRAIN_ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     state = load_checkpoint(tmp_path / "Epoch.1.pth")
     assert state["class_names"] == ["raccoon"] and state["model_config"]["num_classes"] == 2
-    result = run_module("training.evaluate", tmp_path / "Epoch.1.pth", raccoon, "--split", "val",
+    result = run_module("training.evaluate", tmp_path / "Epoch.1.pth", RACCOON, "--split", "val",
                         "--workers", "0", "--output", tmp_path / "m.json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "m.json").read_text())["per_class"].keys() == {"raccoon"}
