@@ -57,7 +57,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, da
         StepFailedError: when loading a batch or the forward pass raised on any process.
     """
     model.train()
-    steps_this_epoch = min(max_steps or len(data_loader), len(data_loader))
+    steps_this_epoch = steps_per_epoch(data_loader, max_steps)
     warmup = _warmup_schedule(optimizer, warmup_iters, steps_this_epoch)
     totals = _LossTotals()
     unreadable: list[UnreadableImage] = []
@@ -85,6 +85,11 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, da
     every_unreadable = distributed.gather_to_main([str(image) for image in unreadable])
     return EpochResult(losses=totals.means(), lr=optimizer.param_groups[0]["lr"], steps=totals.steps,
                        unreadable_images=every_unreadable)
+
+
+def steps_per_epoch(data_loader: Iterable, max_steps: int | None) -> int:
+    """The steps an epoch trains: every batch of ``data_loader``, or ``max_steps`` when that is fewer."""
+    return min(max_steps or len(data_loader), len(data_loader))
 
 
 def _warmup_schedule(optimizer: torch.optim.Optimizer, warmup_iters: int,

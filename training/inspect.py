@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import to_pil_image
 
 from client.draw import draw_boxes
+from handler.decode import ModelInputSize
 from handler.detector import BACKBONES, model_config
 from training.datasets import DatasetError, DatasetWarning, DetectionDataset, UnreadableImage, open_dataset
 from training.layouts import FORMATS
@@ -98,10 +99,10 @@ def box_size_lines(dataset: DetectionDataset, config: dict) -> list[str]:
     background. A class whose median box is that small gets a warning naming the override that fits it.
     """
     min_size, max_size, anchors = config["min_size"], config["max_size"], sorted(config["anchor_sizes"])
+    input_size = ModelInputSize(min_size=min_size, max_size=max_size)
     sides_by_class: dict[str, list[float]] = {name: [] for name in dataset.class_names}
     for record in dataset.records:
-        # GeneralizedRCNNTransform: the short side to min_size unless the long side would pass max_size.
-        scale = min(min_size / min(record.width, record.height), max_size / max(record.width, record.height))
+        scale = input_size.scale(record.width, record.height)
         for (x1, y1, x2, y2), label in zip(record.boxes, record.labels):
             sides_by_class[dataset.class_names[label - 1]].append(math.sqrt((x2 - x1) * (y2 - y1)) * scale)
     lines = [f"box sizes (square root of the area) in the {config['backbone']} model's input: short side "
@@ -123,7 +124,7 @@ def box_size_lines(dataset: DetectionDataset, config: dict) -> list[str]:
         if median is not None and median < anchors[0] / 2:
             lines.append(f"  warning: {name} boxes (median {median:.0f} px) are under half the smallest anchor "
                          f"({anchors[0]} px): no anchor matches them well (IoU < 0.25 even when centred); "
-                         + _small_box_fix(median, config))
+                         + _small_box_fix(median, anchors, config))
     return lines
 
 
@@ -131,12 +132,16 @@ def _at(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
-def _small_box_fix(median: float, config: dict) -> str:
-    """The overrides that bring a box side of ``median`` px to half the smallest anchor or more."""
-    anchors = sorted(config["anchor_sizes"])
-    halves: list[int] = []
-    while median < (halves or anchors)[0] / 2 and (halves or anchors)[0] >= 2:
-        halves.insert(0, (halves or anchors)[0] // 2)
+def _small_box_fix(median: float, anchors: list[int], config: dict) -> str:
+    """The overrides that bring a box side of ``median`` px to half the smallest anchor or more.
+
+    Args:
+        anchors: the model's anchor sizes, smallest first.
+    """
+    smallest, halves = anchors[0], []
+    while median < smallest / 2 and smallest >= 2:
+        smallest //= 2
+        halves.insert(0, smallest)
     # Or a larger input: sizes scaled by the factor that brings the median to half the smallest anchor.
     factor = anchors[0] / 2 / median
     min_size, max_size = (32 * math.ceil(config[key] * factor / 32) for key in ("min_size", "max_size"))

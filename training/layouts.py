@@ -29,7 +29,7 @@ for: ``training/datasets.py`` reads that part of the images, chosen by a stable 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -108,7 +108,8 @@ Source = VocSource | CocoSource | YoloSource
 
 
 def find_layout(path: str | Path, split: str = "train", *, format: str | None = None) -> Source:
-    """Recognises the layout of the data set at ``path`` and names the files of ``split``.
+    """Recognises the layout of the data set at ``path`` and names the files of ``split`` (for data without
+    splits of its own: all its files, and the split for ``datasets.hash_split_of`` to take from them).
 
     Args:
         path: a data set folder, a COCO .json or a YOLO data.yaml.
@@ -116,7 +117,8 @@ def find_layout(path: str | Path, split: str = "train", *, format: str | None = 
         format: "voc", "coco" or "yolo" to consider only that format's layouts; None guesses.
 
     Raises:
-        DatasetError: missing path, no known layout (the message lists what was looked for), unknown split.
+        DatasetError: missing path, no known layout (the message lists what was looked for), unknown split
+            (for data without splits, ``hash_split_of`` refuses it when the data set is read).
     """
     path = Path(path)
     if format is not None and format not in FORMATS:
@@ -189,17 +191,14 @@ def _find_in_split_folder(root: Path, split: str, formats: tuple[str, ...]) -> S
     source = _find_in_folder(folders[split], "all", formats)
     if source is None:
         return None
-    description = f"{root} [{split}]"
+    # The folder is the split: its source takes every file (hash_split "all", as found above).
+    layout, description = f"{source.layout} in split folders", f"{root} [{split}]"
     if isinstance(source, VocSource):
-        return VocSource(layout=f"{source.layout} in split folders", annotation_dir=source.annotation_dir,
-                         image_dir=source.image_dir, stems=source.stems, hash_split="all",
-                         description=description)
+        return replace(source, layout=layout, description=description)
     if isinstance(source, YoloSource):
-        return YoloSource(layout=f"{source.layout} in split folders", images=source.images,
-                          class_names=source.class_names or _yolo_names_file(root), hash_split="all",
-                          description=description)
-    return CocoSource(layout=f"{source.layout} in split folders", annotation_file=source.annotation_file,
-                      hash_split="all")
+        return replace(source, layout=layout, description=description,
+                       class_names=source.class_names or _yolo_names_file(root))
+    return replace(source, layout=layout)
 
 
 def _split_folders(root: Path) -> dict[str, Path]:

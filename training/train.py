@@ -42,7 +42,7 @@ from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_
 from training.datasets import DatasetError, DetectionDataset, open_dataset
 from training.distributed import (StepFailedError, barrier, get_rank, get_world_size, init_distributed,
                                   is_main_process)
-from training.engine import NonFiniteLossError, evaluate, format_metrics_table, train_one_epoch
+from training.engine import NonFiniteLossError, evaluate, format_metrics_table, steps_per_epoch, train_one_epoch
 from training.events import TrainingCurves
 from training.layouts import FORMATS
 from training.mixed_precision import grad_scaler
@@ -302,7 +302,7 @@ def train(args: argparse.Namespace) -> dict:
     run = Run(args=args, device=device, world=world, loaders=loaders, model=ddp_model, model_without_ddp=model,
               config=config, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, main=is_main_process())
     if run.main:
-        run.curves = start_output(run, start_epoch, resumed=resumed is not None)
+        run.curves = start_output(run, start_epoch)
     record: dict = {}
     unreadable: Counter[str] = Counter()  # image -> epochs in which it was skipped
     try:
@@ -346,17 +346,17 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.eta_min)
 
 
-def start_output(run: Run, start_epoch: int, *, resumed: bool) -> TrainingCurves:
+def start_output(run: Run, start_epoch: int) -> TrainingCurves:
     """Rank 0: makes ``--output-dir`` and the run's training curves, and says what the run trains and how much
     disk its checkpoints take."""
     args, train_set, train_loader = run.args, run.loaders.train_set, run.loaders.train
     run.output_dir.mkdir(parents=True, exist_ok=True)
     curves = TrainingCurves(log_dir=run.output_dir, class_names=run.class_names,
-                            steps_per_epoch=min(args.max_steps_per_epoch or len(train_loader), len(train_loader)),
+                            steps_per_epoch=steps_per_epoch(train_loader, args.max_steps_per_epoch),
                             score_threshold=ServingSettings.score_threshold)
     print(f"training {run.config['backbone']} on {len(train_set)} images of {len(run.class_names)} classes "
           f"({run.world} process{'es' if run.world > 1 else ''}, {run.device}), epochs {start_epoch}..{args.epochs}; "
-          f"data: {train_set.layout}" + ("" if resumed else f"; backbone weights: {args.backbone_weights}"))
+          f"data: {train_set.layout}" + ("" if args.resume else f"; backbone weights: {args.backbone_weights}"))
     print(checkpoint_size_line(run.model_without_ddp, run.optimizer, epochs=args.epochs - start_epoch + 1,
                                keep_last=args.keep_last))
     return curves
