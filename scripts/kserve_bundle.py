@@ -137,7 +137,8 @@ def pod_model_config(text: str) -> str:
     settings = yaml.safe_load(text) or {}
     workers = settings.get("minWorkers", settings.get("maxWorkers", POD_WORKERS))
     added = {key: workers for key in ("minWorkers", "maxWorkers") if key not in settings}
-    if configured_workers({**settings, **added}) != {**settings, **added}["minWorkers"]:
+    packed = {**settings, **added}
+    if configured_workers(packed) != packed["minWorkers"]:
         raise ValueError(f"minWorkers {settings.get('minWorkers')!r} and maxWorkers {settings.get('maxWorkers')!r} of "
                          "the model config: a pod needs whole numbers with maxWorkers >= minWorkers > 0")
     if not added:

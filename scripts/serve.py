@@ -279,7 +279,8 @@ class ServerBeside:
 
 
 @contextlib.contextmanager
-def server_on_free_ports(store: Path, folder: Path, *, server_config: Path = SERVER_CONFIG) -> Iterator[ServerBeside]:
+def server_on_free_ports(store: Path, folder: Path, *,
+                         server_config: Path = SERVER_CONFIG) -> Iterator[ServerBeside]:
     """TorchServe serving the archive ``server_config`` loads, from ``store``, on free loopback ports, started
     in ``folder``/start with its own ``folder``/tmp (for tests and benchmarks); stopped on exit, also when
     the start fails, so a half-started server never outlives its caller."""
