@@ -56,7 +56,8 @@ class TaggerHandler(BaseHandler):
             workers=configured_workers(context.model_yaml_config), torch_threads=self.settings.torch_threads,
         )
         torch.set_num_threads(layout.torch_threads)
-        # TorchServe's front end starts the workers: its pid names the record they share.
+        # TorchServe's front end starts the workers: it names the record they share, in which each batch
+        # counts the workers alive and busy (the layout's worker count is only the guess until then).
         self.core_sharing = (CoreSharing(folder=record_folder(os.getppid()), cores=layout.cores,
                                          workers=layout.workers) if layout.follows_load else None)
         self.batch_size = properties.get("batch_size") or 1
@@ -76,8 +77,9 @@ class TaggerHandler(BaseHandler):
         one by one in ``preprocess`` (400 ``predictions_only``)."""
         started = time.perf_counter()
         self.context = context
-        # A full batch means requests are queuing for every worker (core_sharing.CoreSharing.busy).
-        backlog = len(data) >= self.batch_size
+        # A full batch of several means requests are queuing for every worker (core_sharing.CoreSharing.busy);
+        # with batchSize 1 every batch is "full", so it tells nothing and the record alone decides.
+        backlog = 1 < self.batch_size <= len(data)
         with self.core_sharing.busy(backlog=backlog) if self.core_sharing else contextlib.nullcontext():
             responses = self.postprocess(self.inference(self.preprocess(data)))
         self._add_time("HandlerTime", started)

@@ -34,6 +34,7 @@ from ts.model_server import TS_NAMESPACE
 
 from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_keys
+from handler.core_sharing import sweep_stale_records
 from handler.sizing import WorkerLayout, configured_workers, cpu_cores, worker_layout
 from handler.text import shorten
 from project import LOG_CONFIG, SERVE_DIR, SERVER_CONFIG
@@ -203,6 +204,7 @@ def stop_server(*, start_dir: Path, tmp_dir: Path | None = None, timeout: float 
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
+    sweep_stale_records(tmp_dir)  # the workers' busy record: nothing holds it once they are gone
     return killed
 
 

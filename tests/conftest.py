@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def run_module(module: str, *args: str, env: dict | None = None):
         [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp_folder(tmp_path_factory):
+    """This process's temp folder for the session (handlers loaded in the tests keep their busy record there),
+    so that no test writes into the machine's /tmp; servers the tests start get their own TMPDIR."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
+    yield
+    tempfile.tempdir = before
 
 
 @pytest.fixture(scope="session")

