@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -10,26 +12,57 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 
-def draw_detections(image_path: Path, detections: Iterable[Mapping[str, Any]], output: Path) -> Path:
-    """Writes ``output``: the image with one labelled box per detection.
+class DrawingFolder:
+    """A folder that drawings are added to without writing over any file (``--draw``).
 
-    The server applies the EXIF orientation before detecting, so the image is turned the same way here and
-    the boxes (in the turned image's pixels) land on their objects.
-
-    Args:
-        image_path: the image that was sent.
-        detections: the response's ``detections`` (``{"label", "score", "box": [x1, y1, x2, y2]}``).
-        output: the file to write; its suffix picks the format (PNG when Pillow cannot write that suffix).
-
-    Returns:
-        the path written.
+    Each drawing gets a name that no file in the folder has, compared without letter case (on a case-insensitive
+    disk, such as macOS's and Windows' defaults, ``A.jpg`` and ``a.jpg`` are one file), and its file is created
+    exclusively, so that a file that appears meanwhile is not replaced either.
     """
-    with Image.open(image_path) as opened:
-        image = draw_boxes(ImageOps.exif_transpose(opened).convert("RGB"), detections)
-    output = writable_path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    image.save(output)
-    return output
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        # Listed once; each name taken since (by a drawing, or by a file found on creating one) is added.
+        self._taken = {name.casefold() for name in os.listdir(folder)}
+
+    def draw(self, image_path: Path, detections: Iterable[Mapping[str, Any]]) -> Path:
+        """Writes the image with one labelled box per detection to a new file of the folder and returns its path.
+
+        The server applies the EXIF orientation before detecting, so the image is turned the same way here and
+        the boxes (in the turned image's pixels) land on their objects. The file takes the image's own name
+        (``.png`` when Pillow cannot write its suffix) when that is free, else ``<stem>.tagged<suffix>``, then
+        ``<stem>.tagged-2<suffix>`` and so on.
+
+        Args:
+            image_path: the image that was sent.
+            detections: the response's ``detections`` (``{"label", "score", "box": [x1, y1, x2, y2]}``).
+        """
+        with Image.open(image_path) as opened:
+            image = draw_boxes(ImageOps.exif_transpose(opened).convert("RGB"), detections)
+        wanted = writable_path(self.folder / image_path.name)
+        image_format = Image.registered_extensions()[wanted.suffix.lower()]
+        while True:
+            output = self._free_name(wanted)
+            self._taken.add(output.name.casefold())
+            try:
+                file = output.open("xb")
+            except FileExistsError:  # created since the folder was listed: the next name
+                continue
+            break
+        try:
+            with file:
+                image.save(file, format=image_format)
+        except BaseException:  # a full disk: no half-written drawing stays behind
+            output.unlink(missing_ok=True)
+            raise
+        return output
+
+    def _free_name(self, wanted: Path) -> Path:
+        """The first of ``wanted``, ``<stem>.tagged<suffix>``, ``<stem>.tagged-2<suffix>``... not taken yet."""
+        names = itertools.chain([wanted.name, f"{wanted.stem}.tagged{wanted.suffix}"],
+                                (f"{wanted.stem}.tagged-{count}{wanted.suffix}" for count in itertools.count(2)))
+        return self.folder / next(name for name in names if name.casefold() not in self._taken)
 
 
 def draw_boxes(image: Image.Image, detections: Iterable[Mapping[str, Any]]) -> Image.Image:
@@ -64,8 +97,7 @@ def label_color(label: str) -> tuple[int, int, int]:
 
 
 def writable_path(output: Path) -> Path:
-    """The file ``draw_detections`` writes for ``output``: the same path, or ``.png`` when Pillow cannot write
-    its suffix."""
+    """The name a drawing of ``output`` wants: the same path, or ``.png`` when Pillow cannot write its suffix."""
     return output if output.suffix.lower() in _writable_suffixes() else output.with_suffix(".png")
 
 

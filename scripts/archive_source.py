@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,13 +34,21 @@ class ArchiveSource:
     sha256: str
 
     @classmethod
-    def of(cls, checkpoint: Path) -> ArchiveSource:
-        """The record of ``checkpoint`` as it is now (reads the whole file: about 1 s per GB)."""
+    def of(cls, checkpoint: Path, *, copy_to: Path | None = None) -> ArchiveSource:
+        """The record of ``checkpoint`` as it is now (reads the whole file once: about 1 s per GB).
+
+        Args:
+            copy_to: a new file to write the bytes read to: what is packed from it is exactly what the record
+                describes, even when the checkpoint is replaced meanwhile (training writing the next epoch).
+        """
+        resolved = checkpoint.resolve()
         digest = hashlib.sha256()
-        with checkpoint.open("rb") as file:
+        with resolved.open("rb") as file, (copy_to.open("xb") if copy_to is not None else nullcontext()) as copy:
             while chunk := file.read(_CHUNK):
                 digest.update(chunk)
-        return cls(checkpoint=str(checkpoint.resolve()), sha256=digest.hexdigest())
+                if copy is not None:
+                    copy.write(chunk)
+        return cls(checkpoint=str(resolved), sha256=digest.hexdigest())
 
     def describe(self) -> str:
         return f"{self.checkpoint} (sha256 {self.sha256[:12]})"

@@ -60,6 +60,7 @@ def build_archive(
         CheckpointError: the checkpoint cannot be read or its weights do not fit its own model config.
         ArchiveError: a file is missing or torch-model-archiver failed.
     """
+    checkpoint = Path(checkpoint)
     entry_file = handler_package / ENTRY_FILE
     for needed in (entry_file, model_config_file):
         if not needed.is_file():
@@ -70,9 +71,18 @@ def build_archive(
     # Built next to the output so the final os.replace stays on one file system.
     with tempfile.TemporaryDirectory(prefix=".build-", dir=output.parent) as tmp:
         work = Path(tmp)
+        # The checkpoint is read once, into a private copy that is hashed as it is written: the record names
+        # the very bytes packed, also when training replaces the checkpoint meanwhile.
+        (work / "source").mkdir()
+        read_once = work / "source" / checkpoint.name
+        try:
+            source = ArchiveSource.of(checkpoint, copy_to=read_once)
+        except (FileNotFoundError, IsADirectoryError):
+            raise CheckpointError(f"checkpoint not found: {checkpoint}") from None
         # Float16 halves the file and the worker's load time; the model loads the weights into its float32
         # parameters, so detections move by rounding only (README: "The model archive").
-        weights = save_serving_checkpoint(checkpoint, work / "weights" / Path(checkpoint).name, float16=True)
+        weights = save_serving_checkpoint(read_once, work / "weights" / checkpoint.name, float16=True,
+                                          shown_as=checkpoint)
         check_weights_fit_config(weights, source=checkpoint)
         # torch-model-archiver copies the *contents* of a folder given in --extra-files to the archive root, so
         # the handler package goes one level down to arrive as handler/.
@@ -80,7 +90,7 @@ def build_archive(
         for name, path in packed_package_files(handler_package).items():
             (extra / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, extra / name)
-        ArchiveSource.of(Path(checkpoint)).write(extra / SOURCE_RECORD)
+        source.write(extra / SOURCE_RECORD)
         # torch-model-archiver packs --config-file under its own file name; the readers of an archive look
         # for one name (scripts/model_archive.py).
         packed_config = work / PACKED_MODEL_CONFIG

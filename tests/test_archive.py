@@ -5,6 +5,8 @@ That TorchServe serves the archive outside the repository is shown in test_servi
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shlex
@@ -84,6 +86,32 @@ def test_archive_holds_each_file_once_and_only_what_serving_reads(tmp_path):
         stored = packed["model"][name]
         assert stored.dtype == (torch.float16 if weight.is_floating_point() else weight.dtype), name
         assert torch.allclose(stored.to(weight.dtype), weight, rtol=1e-3, atol=1e-4), name
+
+
+def test_the_record_hashes_the_bytes_packed_even_when_the_checkpoint_is_replaced_meanwhile(tmp_path, monkeypatch):
+    """Training writes Epoch.3.pth anew (os.replace) while `make archive` packs it: source.json must describe the
+    checkpoint that was packed, or `make serve` would keep serving the old weights as the new checkpoint. The
+    real conversion runs; the replacement is timed to land right after it."""
+    checkpoint = training_checkpoint(tmp_path / "Epoch.3.pth")
+    packed_bytes = checkpoint.read_bytes()
+    newer = training_checkpoint(tmp_path / "newer.pth")  # other random weights
+    convert = make_archive_cli.save_serving_checkpoint
+
+    def convert_then_replace(*args, **kwargs):
+        converted = convert(*args, **kwargs)
+        os.replace(newer, checkpoint)
+        return converted
+
+    monkeypatch.setattr(make_archive_cli, "save_serving_checkpoint", convert_then_replace)
+    archive = build_archive(checkpoint, output=tmp_path / "tagger.mar", model_config_file=MODEL_CONFIG)
+
+    assert read_archive_source(archive) == ArchiveSource(checkpoint=str(checkpoint.resolve()),
+                                                         sha256=hashlib.sha256(packed_bytes).hexdigest())
+    packed = load_checkpoint(extract_serialized_file(archive, tmp_path / "unpacked"))
+    name = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.equal(packed["model"][name],
+                       torch.load(io.BytesIO(packed_bytes), weights_only=True)["model"][name].half())
+    assert not archive_is_current(archive, checkpoint=checkpoint, model_config_file=MODEL_CONFIG)
 
 
 def test_cli_packs_the_newest_checkpoint_of_a_folder(tmp_path):

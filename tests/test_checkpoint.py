@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
+import re
+import resource
+import signal
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from handler.checkpoint import (
     model_from_checkpoint,
     newest_checkpoint,
     save_checkpoint,
+    save_serving_checkpoint,
 )
 from handler.detector import build_detector_from_config, model_config
 from scripts import make_archive
@@ -101,6 +107,41 @@ def test_written_file_is_a_weights_only_torch_file_and_no_temporary_is_left(demo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Epoch.3.pth"]
 
 
+def test_a_save_that_fails_mid_write_keeps_the_old_checkpoint_and_leaves_no_temporary(tmp_path):
+    """A full disk halfway through an Epoch.N.pth: the write fails for real (a file size limit makes the kernel
+    refuse it, EFBIG, as ENOSPC would), the error reaches the caller, and nothing half-written stays behind."""
+    config = model_config("demo", 3)
+    model = build_detector_from_config(config)
+    path = save_checkpoint(tmp_path / checkpoint_name(1), model=model, model_config=config,
+                           class_names=["cat", "dog"], epoch=1)
+    before = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    on_limit = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 4, hard))
+    try:
+        with pytest.raises((OSError, RuntimeError)):
+            save_checkpoint(path, model=model, model_config=config, class_names=["cat", "dog"], epoch=2)
+        with pytest.raises((OSError, RuntimeError)):
+            save_checkpoint(tmp_path / checkpoint_name(2), model=model, model_config=config,
+                            class_names=["cat", "dog"], epoch=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, on_limit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Epoch.1.pth"]
+    assert path.read_bytes() == before
+
+
+def test_the_start_line_counts_the_new_checkpoint_written_before_the_oldest_is_deleted():
+    """--keep-last N: Epoch.N+1 is complete before the oldest goes, so N+1 checkpoints are on disk at the peak."""
+    model = build_detector_from_config(model_config("demo", 3))
+    optimizer, _ = seed_optimizer(model, epochs=5)
+    line = train.checkpoint_size_line(model, optimizer, epochs=5, keep_last=2)
+    each = float(re.match(r"each checkpoint takes about ([\d.]+) MB", line)[1])
+    peak = float(re.search(r"; --keep-last 2 keeps the newest 2: at most ([\d.]+) MB$", line)[1])
+    assert "3 are on disk at the peak" in line, line
+    assert peak == pytest.approx(3 * each, rel=0.02)
+
+
 def test_a_checkpoint_without_optimizer_or_args_round_trips(tmp_path):
     config = model_config("demo", 3)
     path = save_checkpoint(tmp_path / "deep" / "folder" / checkpoint_name(0), model=build_detector_from_config(config),
@@ -116,6 +157,11 @@ def test_a_checkpoint_without_optimizer_or_args_round_trips(tmp_path):
 
 def _write_text(path: Path) -> None:
     path.write_text("epoch 3: loss 0.25\n")
+
+
+def _write_plain_pickle(path: Path) -> None:
+    """A pickle, as the legacy torch format is, but without torch's magic number."""
+    path.write_bytes(pickle.dumps({"model": {}, "epoch": 3}, protocol=2))
 
 
 def _write_tensor(path: Path) -> None:
@@ -144,8 +190,9 @@ def _write_half_a_checkpoint(path: Path) -> None:
     "write, message",
     [
         (None, r"checkpoint not found: .*Epoch\.7\.pth"),
-        (_write_text,
-         r"Epoch\.7\.pth is not a PyTorch checkpoint \(torch\.save writes a zip archive; this is not one\)"),
+        (_write_text, r"Epoch\.7\.pth is not a PyTorch checkpoint \(torch\.save writes a zip archive, or its legacy "
+                      r"format; this is neither\)"),
+        (_write_plain_pickle, r"Epoch\.7\.pth is not a PyTorch checkpoint"),
         (lambda path: path.write_bytes(b""), r"Epoch\.7\.pth is not a PyTorch checkpoint"),
         (_write_half_a_checkpoint, r"cannot read checkpoint .*Epoch\.7\.pth: the file is cut short or damaged"),
         (_write_tensor, r"Epoch\.7\.pth is not a tagger checkpoint \(needs the keys model, epoch, model_config, "
@@ -153,7 +200,7 @@ def _write_half_a_checkpoint(path: Path) -> None:
         (_write_torchvision_references_checkpoint, r"Epoch\.7\.pth is not a tagger checkpoint"),
         (_write_too_few_class_names, r"Epoch\.7\.pth: model has 23 classes but 3 class names \(\+1 background\)"),
     ],
-    ids=["missing", "text", "empty", "truncated", "plain-tensor", "lacks-keys", "class-count-mismatch"],
+    ids=["missing", "text", "plain-pickle", "empty", "truncated", "plain-tensor", "lacks-keys", "class-count-mismatch"],
 )
 def test_load_refuses_what_is_not_a_checkpoint_with_a_clear_message(write, message, tmp_path):
     path = tmp_path / "Epoch.7.pth"
@@ -168,11 +215,31 @@ def test_a_text_file_is_named_in_one_line_by_the_archive_and_training_clis(tmp_p
     """`make archive CHECKPOINT=/etc/passwd`, `train --resume /etc/passwd`: what the file is not, no torch advice."""
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
-    said = f"{passwd} is not a PyTorch checkpoint (torch.save writes a zip archive; this is not one)"
+    said = (f"{passwd} is not a PyTorch checkpoint (torch.save writes a zip archive, or its legacy format; this is "
+            "neither)")
     assert make_archive.main(["--checkpoint", str(passwd), "--output", str(tmp_path / "tagger.mar")]) == 1
     assert capsys.readouterr().err.splitlines() == [f"make_archive: {said}"]
     assert train.main(["--data", str(tmp_path), "--resume", str(passwd), "--output-dir", str(tmp_path)]) == 1
     assert capsys.readouterr().err.splitlines() == [f"error: {said}"]
+
+
+def test_a_legacy_format_checkpoint_is_loaded_and_packed(demo_checkpoint, tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False) writes no zip archive; torch.load reads it safely."""
+    path, model, config = demo_checkpoint
+    legacy = tmp_path / "legacy" / path.name
+    legacy.parent.mkdir()
+    torch.save(torch.load(path, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(legacy)
+
+    state = load_checkpoint(legacy)
+    assert state["epoch"] == 3 and state["model_config"] == config and state["class_names"] == CLASS_NAMES
+    saved = model.state_dict()
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in model_from_checkpoint(state).state_dict().items())
+    # The archive's serving copy is made from it too (that path maps zip files into memory).
+    serving = load_checkpoint(save_serving_checkpoint(legacy, tmp_path / "serving.pth", float16=True))
+    assert serving["epoch"] == 3
+    assert torch.equal(serving["model"]["roi_heads.box_predictor.cls_score.weight"],
+                       saved["roi_heads.box_predictor.cls_score.weight"].half())
 
 
 def test_a_folder_is_not_a_checkpoint(tmp_path):

@@ -21,9 +21,9 @@ from PIL import Image
 from ts.model_server import load_properties
 
 from client.config import ServerConfig, ServerConfigError, read_properties, read_server_config
-from client.draw import draw_detections, label_color
+from client.draw import DrawingFolder, label_color
 from client.keys import KeyFileError, read_keys
-from client.tag import TagResult, describe_refusal, format_result, main
+from client.tag import RetryPolicy, TagResult, describe_refusal, format_result, is_retryable, main, tag_image
 from project import ROOT, SERVER_CONFIG
 
 
@@ -50,28 +50,78 @@ def unused_port() -> int:
 STAND_IN_ANSWER = {"tags": ["red circle"], "width": 64, "height": 48,
                    "detections": [{"label": "red circle", "score": 0.9, "box": [8, 8, 40, 40]}]}
 
+# TorchServe 0.12's own answers (frontend WorkerThread/BatchAggregator -> RestJob.sendError -> NettyUtils.sendError,
+# an ErrorResponse printed by Gson with 2-space indents and a newline): the worker died with the request's batch,
+# or was killed for memory (413 mapped to 507); no worker could take the request.
+WORKER_DIED = (500, {"code": 500, "type": "InternalServerException", "message": "Worker died."})
+WORKER_KILLED_FOR_MEMORY = (507, {"code": 507, "type": "InternalServerException", "message": "Worker died."})
+NO_WORKER = (503, {"code": 503, "type": "ServiceUnavailableException",
+                   "message": 'Model "tagger" has no worker to serve inference request. Please use scale workers API '
+                              "to add workers. If this is a sequence inference, please check if it is closed, or "
+                              "expired; or exceeds maxSequenceJobQueueSize"})
+# The handler's own answer for an image the model failed on (handler/tagger_handler.py): not TorchServe's.
+INFERENCE_FAILED = (500, {"error": "inference_failed", "message": "the model failed on this image (RuntimeError: x)"})
+DROPPED = "close the connection without an answer"  # a server going down mid-request
+
+
+class StandInServer:
+    """A local HTTP server answering each upload with the next of ``script`` (a status and JSON body, or
+    DROPPED), then with the stand-in tagger's 200 answer; ``requests`` counts the uploads."""
+
+    def __init__(self, script: list):
+        self.script = script
+        self.requests = 0
+        stand_in = self
+
+        class Answer(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                stand_in.requests += 1
+                step = stand_in.script.pop(0) if stand_in.script else (200, STAND_IN_ANSWER)
+                if step == DROPPED:
+                    self.close_connection = True
+                    return
+                status, answer = step
+                body = (json.dumps(answer, indent=2) + "\n").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/predictions/tagger"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
 
 @pytest.fixture
-def stand_in_url():
-    class Answer(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = json.dumps(STAND_IN_ANSWER).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def stand_in():
+    """Starts a StandInServer with the answers given; each is closed when the test ends."""
+    servers: list[StandInServer] = []
 
-        def log_message(self, *args):
-            pass
+    def start(*script) -> StandInServer:
+        servers.append(StandInServer(list(script)))
+        return servers[-1]
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/predictions/tagger"
-    server.shutdown()
-    server.server_close()
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def stand_in_url(stand_in):
+    return stand_in().url
+
+
+# Retries as the client makes them, without the waits of the default policy.
+QUICK_RETRIES = RetryPolicy(retries=3, first_delay=0.01, max_delay=0.02)
 
 
 def test_read_keys_parses_torchserve_key_file(tmp_path):
@@ -116,11 +166,12 @@ def test_format_result_prints_tags_then_detections():
 
 
 def test_draw_detections_outlines_each_box_in_its_label_color(tmp_path):
-    source = tmp_path / "scene.jpg"
-    Image.new("RGB", (200, 150), (128, 128, 128)).save(source, quality=95)
+    source = tmp_path / "scene.png"  # lossless: the drawing's colors are exact
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(source)
     detections = [{"label": "red circle", "score": 0.9, "box": [40, 60, 120, 140]},
                   {"label": "blue square", "score": 0.8, "box": [130, 10, 190, 70]}]
-    drawn = draw_detections(source, detections, tmp_path / "out" / "scene.png")
+    drawn = DrawingFolder(tmp_path / "out").draw(source, detections)
+    assert drawn == tmp_path / "out" / "scene.png"
     with Image.open(drawn) as image:
         assert image.size == (200, 150)
         assert image.getpixel((40, 100)) == label_color("red circle")  # left edge of the first box
@@ -134,20 +185,20 @@ def test_draw_detections_uses_the_exif_rotated_frame(tmp_path):
     stored = Image.new("RGB", (120, 80), (128, 128, 128))
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated 90 degrees clockwise: 80 wide, 120 high
-    source = tmp_path / "phone.jpg"
-    stored.save(source, exif=exif, quality=95)
-    drawn = draw_detections(source, [{"label": "star", "score": 0.7, "box": [10, 90, 70, 115]}],
-                            tmp_path / "drawn.png")
+    source = tmp_path / "phone.png"
+    stored.save(source, exif=exif)
+    drawn = DrawingFolder(tmp_path / "drawn").draw(source, [{"label": "star", "score": 0.7,
+                                                             "box": [10, 90, 70, 115]}])
     with Image.open(drawn) as image:
         assert image.size == (80, 120)
         assert image.getpixel((40, 115)) == label_color("star")
 
 
 def test_draw_detections_falls_back_to_png_for_unwritable_suffixes(tmp_path):
-    source = tmp_path / "scene.jpg"
-    Image.new("RGB", (64, 64)).save(source)
-    drawn = draw_detections(source, [], tmp_path / "scene.heic")
-    assert drawn == tmp_path / "scene.png" and Image.open(drawn).format == "PNG"
+    source = tmp_path / "scene.heic"
+    Image.new("RGB", (64, 64)).save(source, format="JPEG")
+    drawn = DrawingFolder(tmp_path / "out").draw(source, [])
+    assert drawn == tmp_path / "out" / "scene.png" and Image.open(drawn).format == "PNG"
 
 
 def test_cli_without_a_key_file_says_where_it_comes_from(tmp_path):
@@ -164,10 +215,11 @@ def test_cli_reports_each_failed_image_and_exits_1(tmp_path):
     image = tmp_path / "a.jpg"
     Image.new("RGB", (32, 32)).save(image)
     url = f"http://127.0.0.1:{unused_port()}/predictions/tagger"
-    result = run_client(image, tmp_path / "missing.jpg", "--url", url, "--key-file", tmp_path / "key_file.json")
+    result = run_client(image, tmp_path / "missing.jpg", "--url", url, "--key-file", tmp_path / "key_file.json",
+                        "--retries", 1)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"{image}: error: cannot reach {url}: is TorchServe running? (make serve)",
+        f"{image}: error: gave up after 2 tries: cannot reach {url}: is TorchServe running? (make serve)",
         f"{tmp_path / 'missing.jpg'}: error: cannot read {tmp_path / 'missing.jpg'}: No such file or directory",
     ]
     assert "Traceback" not in result.stderr
@@ -177,6 +229,7 @@ def test_cli_reports_each_failed_image_and_exits_1(tmp_path):
     (["--draw", "out", "--format", "list"], "--draw needs the boxes of the dict format"),
     (["--threshold", "1.5"], "--threshold must be from 0 to 1, got 1.5"),
     (["--format", "xml"], "invalid choice: 'xml'"),
+    (["--retries", "-1"], "--retries must be 0 or more, got -1"),
 ])
 def test_cli_refuses_bad_arguments_in_one_line(args, message):
     result = run_client("a.jpg", *args)
@@ -255,10 +308,9 @@ def test_draw_into_the_inputs_folder_writes_beside_the_originals(tmp_path, stand
     drawn_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  drawn: ")]
     # a.tagged.jpg is itself an input, so a.jpg's copy is numbered past it.
     assert drawn_lines == [
-        f"  drawn: {photos / 'a.tagged-2.jpg'} (beside {photos / 'a.jpg'}, an input, which is never written over)",
-        f"  drawn: {photos / 'a.tagged.tagged.jpg'} (beside {photos / 'a.tagged.jpg'}, an input, which is never "
-        "written over)",
-        f"  drawn: {photos / 'b.tagged.jpg'} (beside {photos / 'b.jpg'}, an input, which is never written over)",
+        f"  drawn: {photos / 'a.tagged-2.jpg'} ({photos / 'a.jpg'} is taken: no file is written over)",
+        f"  drawn: {photos / 'a.tagged.tagged.jpg'} ({photos / 'a.tagged.jpg'} is taken: no file is written over)",
+        f"  drawn: {photos / 'b.tagged.jpg'} ({photos / 'b.jpg'} is taken: no file is written over)",
     ]
     with Image.open(photos / "b.tagged.jpg") as drawn:  # the box's left edge is drawn over b's green
         assert drawn.size == (64, 48)
@@ -274,3 +326,117 @@ def test_draw_into_another_folder_keeps_the_names(tmp_path, stand_in_url, capsys
                    "--key-file", str(tmp_path / "key_file.json")])
     assert status == 0
     assert f"  drawn: {tmp_path / 'out' / 'a.jpg'}\n" in capsys.readouterr().out
+
+
+def test_draw_never_replaces_a_file_already_in_the_folder(tmp_path, stand_in_url, capsys):
+    """`python -m client.tag new/IMG_1.jpg --draw photos/` where photos/IMG_1.jpg is another photo, not an input:
+    it keeps its bytes, and the output says where the drawing went."""
+    (tmp_path / "key_file.json").write_text(json.dumps(KEY_FILE))
+    photos, new = tmp_path / "photos", tmp_path / "new"
+    photos.mkdir()
+    new.mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(photos / "IMG_1.jpg")
+    kept = (photos / "IMG_1.jpg").read_bytes()
+    Image.new("RGB", (64, 48), (30, 200, 30)).save(new / "IMG_1.jpg")
+    status = main([str(new / "IMG_1.jpg"), "--draw", str(photos), "--url", stand_in_url,
+                   "--key-file", str(tmp_path / "key_file.json")])
+    assert status == 0
+    assert (photos / "IMG_1.jpg").read_bytes() == kept
+    assert sorted(p.name for p in photos.iterdir()) == ["IMG_1.jpg", "IMG_1.tagged.jpg"]
+    assert (f"  drawn: {photos / 'IMG_1.tagged.jpg'} ({photos / 'IMG_1.jpg'} is taken: no file is written over)\n"
+            in capsys.readouterr().out)
+    with Image.open(photos / "IMG_1.tagged.jpg") as drawn:  # the new photo's green, outside the box
+        assert sum(abs(a - b) for a, b in zip(drawn.getpixel((56, 44)), (30, 200, 30))) < 30
+
+
+def test_draw_takes_no_name_that_differs_only_in_letter_case(tmp_path, stand_in_url):
+    """On a case-insensitive disk (macOS's, Windows' defaults) A.JPG and a.jpg are one file: a drawing takes no
+    name that differs from a file's in the folder, or another drawing's, only in letter case."""
+    (tmp_path / "key_file.json").write_text(json.dumps(KEY_FILE))
+    out, first, second = tmp_path / "out", tmp_path / "first", tmp_path / "second"
+    for folder in (out, first, second):
+        folder.mkdir()
+    Image.new("RGB", (64, 48)).save(out / "A.JPG")
+    kept = (out / "A.JPG").read_bytes()
+    inputs = [first / "a.jpg", first / "B.jpg", second / "b.jpg"]
+    for image in inputs:
+        Image.new("RGB", (64, 48), (30, 200, 30)).save(image)
+    status = main([*map(str, inputs), "--draw", str(out), "--url", stand_in_url,
+                   "--key-file", str(tmp_path / "key_file.json")])
+    assert status == 0
+    assert sorted(p.name for p in out.iterdir()) == ["A.JPG", "B.jpg", "a.tagged.jpg", "b.tagged.jpg"]
+    assert (out / "A.JPG").read_bytes() == kept
+
+
+def test_a_file_created_after_the_folder_was_listed_is_not_replaced(tmp_path):
+    """Another program writes out/c.png between the listing of out/ and the drawing: the drawing's file is
+    created exclusively, so it goes to the next name."""
+    source = tmp_path / "c.png"
+    Image.new("RGB", (32, 32)).save(source)
+    drawings = DrawingFolder(tmp_path / "out")
+    (tmp_path / "out" / "c.png").write_bytes(b"written meanwhile")
+    assert drawings.draw(source, []) == tmp_path / "out" / "c.tagged.png"
+    assert drawings.draw(source, []) == tmp_path / "out" / "c.tagged-2.png"
+    assert (tmp_path / "out" / "c.png").read_bytes() == b"written meanwhile"
+
+
+# --- retries --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [WORKER_DIED, WORKER_KILLED_FOR_MEMORY, NO_WORKER, DROPPED],
+                         ids=["worker-died", "worker-killed-for-memory", "no-worker", "connection-dropped"])
+def test_an_answer_that_says_nothing_about_the_image_is_tried_again(failure, stand_in, tmp_path):
+    server = stand_in(failure, failure)
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48)).save(image)
+    assert tag_image(image, url=server.url, key="k", retry=QUICK_RETRIES) == TagResult(image, response=STAND_IN_ANSWER)
+    assert server.requests == 3
+
+
+def test_the_handlers_own_500_is_not_tried_again(stand_in, tmp_path):
+    """inference_failed is the handler's answer for this image: sent again, it would fail again."""
+    server = stand_in(INFERENCE_FAILED)
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48)).save(image)
+    result = tag_image(image, url=server.url, key="k", retry=QUICK_RETRIES)
+    assert result.error == "HTTP 500 inference_failed: the model failed on this image (RuntimeError: x)"
+    assert server.requests == 1
+
+
+@pytest.mark.parametrize("status, body, retryable", [
+    (*WORKER_DIED, True),
+    (*WORKER_KILLED_FOR_MEMORY, True),
+    (*NO_WORKER, True),
+    (503, {"code": 503, "type": "InternalServerException", "message": "Prediction failed"}, True),
+    (507, {"code": 507, "type": "InternalServerException", "message": "Out of resources"}, True),
+    (*INFERENCE_FAILED, False),
+    (500, {"error": "response_failed", "message": "x"}, False),
+    (400, {"error": "not_an_image", "message": "x"}, False),
+    (413, {"error": "too_many_pixels", "message": "x"}, False),
+    (400, {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."}, False),
+    (404, {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: tagger"}, False),
+    (413, "", False),
+    (502, "<html>bad gateway</html>", False),
+])
+def test_only_torchserves_own_answers_for_its_workers_are_retryable(status, body, retryable):
+    assert is_retryable(status, body if isinstance(body, str) else json.dumps(body)) is retryable
+
+
+def test_the_back_off_doubles_up_to_a_bound_with_a_small_jitter():
+    delays = RetryPolicy().delays()
+    doubling = [0.5, 1, 2, 4, 4]  # the default first_delay, doubled up to max_delay
+    assert len(delays) == len(doubling)
+    assert all(base <= delay <= 1.1 * base + 1e-9 for delay, base in zip(delays, doubling)), delays
+    assert RetryPolicy(retries=0).delays() == []
+
+
+def test_the_cli_says_in_one_line_when_it_gives_up(stand_in, tmp_path, capsys):
+    (tmp_path / "key_file.json").write_text(json.dumps(KEY_FILE))
+    server = stand_in(WORKER_DIED, WORKER_DIED, WORKER_DIED)
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48)).save(image)
+    status = main([str(image), "--url", server.url, "--key-file", str(tmp_path / "key_file.json"), "--retries", "2"])
+    assert status == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{image}: error: gave up after 3 tries: HTTP 500 InternalServerException: Worker died."]
+    assert server.requests == 3

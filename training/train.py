@@ -213,7 +213,8 @@ def read_resume_checkpoint(path: str) -> dict:
 def checkpoint_size_line(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
                          keep_last: int | None) -> str:
     """The disk each Epoch.N.pth will take, estimated before any is written: the model's state dict plus SGD's
-    momentum buffer (one per trainable parameter, same size); the zip container adds a few kB.
+    momentum buffer (one per trainable parameter, same size); the zip container adds a few kB. With
+    ``--keep-last N`` the peak is N+1 checkpoints: each new one is complete before the oldest is deleted.
 
     Args:
         epochs: the epochs this run writes.
@@ -223,7 +224,8 @@ def checkpoint_size_line(model: torch.nn.Module, optimizer: torch.optim.Optimize
     momentum = sum(parameter.numel() * parameter.element_size() for group in optimizer.param_groups
                    if group.get("momentum") for parameter in group["params"])
     each = weights + momentum
-    kept = (f"--keep-last {keep_last} keeps the newest {keep_last}: at most {_disk_size(keep_last * each)}"
+    kept = (f"a new one is written before the oldest is deleted, so {keep_last + 1} are on disk at the peak; "
+            f"--keep-last {keep_last} keeps the newest {keep_last}: at most {_disk_size((keep_last + 1) * each)}"
             if keep_last is not None else
             f"{epochs} epoch{'s' if epochs != 1 else ''} write {_disk_size(epochs * each)} (--keep-last N keeps "
             "the newest N)")
