@@ -42,6 +42,8 @@ from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_so
 from scripts.model_archive import ArchiveReadError, packed_model_config
 
 CONSOLE_LOG = Path("logs") / "console.log"
+# A server started beside another (tests, benchmarks) whose model never answers fails after this, not never.
+READY_TIMEOUT_S = 300
 
 
 class ServerError(RuntimeError):
@@ -294,7 +296,8 @@ def server_on_free_ports(store: Path, folder: Path, *,
     config = read_server_config(config_file)
     try:
         process = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
-        wait_until_ready(config, key_file=start_dir / KEY_FILE, server=process, log_dir=start_dir / "logs")
+        wait_until_ready(config, key_file=start_dir / KEY_FILE, server=process, log_dir=start_dir / "logs",
+                         timeout=READY_TIMEOUT_S)
         yield ServerBeside(config, config_file, start_dir, tmp_dir, process)
     finally:
         stop_server(start_dir=start_dir, tmp_dir=tmp_dir)

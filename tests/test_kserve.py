@@ -14,6 +14,7 @@ import base64
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,7 +35,8 @@ from tests.kserve_pod import (
     KSERVE_MOUNT, MODEL_SERVER_PORT, RUNTIME_COMMAND, RUNTIME_UID, SERVICE_ENVELOPES, Pod, kserve_pod,
     missing_requirements,
 )
-from tests.test_serving import at_once, scene
+from tests.test_metrics import metrics_when
+from tests.test_serving import BATCH_LINE, CALL_TIMEOUT_S, answers_to_queued, scene
 
 INFERENCE_SERVICES = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
 DOCKERFILE = ROOT / "deploy" / "kserve" / "Dockerfile"
@@ -184,9 +186,9 @@ def predict(pod: Pod, image: bytes, **options) -> requests.Response:
     """One image sent to KServe's model server in the body of the pod's protocol, options where they go."""
     if pod.protocol == "v1":
         return requests.post(f"{pod.model_server_url}/v1/models/tagger:predict", json=v1_body(image, **options),
-                             timeout=300)
+                             timeout=CALL_TIMEOUT_S)
     return requests.post(f"{pod.model_server_url}/v2/models/tagger/infer", json=v2_body(image, **options),
-                         timeout=300)
+                         timeout=CALL_TIMEOUT_S)
 
 
 def tagger_response(pod: Pod, answer: requests.Response):
@@ -198,21 +200,42 @@ def tagger_response(pod: Pod, answer: requests.Response):
     return v2_result(answer)
 
 
-def batch_sizes(pod: Pod) -> list[int]:
-    """The images of each batch the handler tagged, from its TaggerImages metric in TorchServe's logs."""
+def pod_processes(pod: Pod) -> list[psutil.Process]:
+    return [psutil.Process(pid) for pid in pod.processes()]
+
+
+def batches(pod: Pod) -> dict[str, int]:
+    """The images the handler tagged in each batch, by the batch's request ids, from its TaggerImages metric in
+    TorchServe's logs (the pod keeps TorchServe's own logging, which writes each line twice)."""
     logs = "".join(pod.log(name) for name in ("model_metrics.log", "ts_log.log"))
-    return [int(count) for count in re.findall(r"TaggerImages\.Count:(\d+)", logs)]
+    return {match["ids"]: int(match["images"]) for match in BATCH_LINE.finditer(logs)}
+
+
+def images_per_batch_since(pod: Pod, logged: dict[str, int], images: int, timeout: float = 60) -> list[int]:
+    """The images of each batch logged since ``logged``, once they add up to ``images``: the worker's metric
+    lines reach the log just after the answers."""
+    deadline = time.monotonic() + timeout
+    while sum(since := [count for ids, count in batches(pod).items() if ids not in logged]) < images:
+        assert time.monotonic() < deadline, (
+            f"after {timeout} s the batches logged hold {sum(since)} of the {images} images sent: {since}")
+        time.sleep(0.2)
+    return since
 
 
 def test_a_burst_through_kserve_is_batched_and_a_broken_upload_is_refused_alone(pod):
     """Fails with TorchServe's own envelope (the bundle letting TS_SERVICE_ENVELOPE in): it answers a batch
     once, from its first request, and TorchServe fails every request of it."""
-    scenes = [scene(7100 + n) for n in range(BATCH_SIZE)]
+    workers = [process for process in pod_processes(pod) if "model_service_worker" in " ".join(process.cmdline())]
+    # Behind more requests than the stopped workers' threads can hold, the broken upload leaves TorchServe's
+    # queue between two good ones, in a batch of two or more with one of them (answers_to_queued).
+    scenes = [scene(7100 + n) for n in range(len(workers) * BATCH_SIZE + 3)]
     broken = b"\xff\xd8\xff\xe0 a JPEG cut short"
     calls = [lambda image=image: predict(pod, image) for image, _ in scenes]
-    calls.insert(2, lambda: predict(pod, broken))
-    answers = at_once(*calls)
-    refused = answers.pop(2)
+    queue_fill, (before_broken, after_broken) = calls[:-2], calls[-2:]
+    logged = batches(pod)
+    answers = answers_to_queued(workers, pod.metrics_url, queue_fill, [before_broken], [lambda: predict(pod, broken)],
+                                [after_broken])
+    refused = answers.pop(-2)
     for answer, (_, truth) in zip(answers, scenes):
         assert set(tagger_response(pod, answer)["tags"]) >= truth
     # KServe's model server turns TorchServe's 400 into a 500 whose text carries the tagger's error code,
@@ -221,7 +244,9 @@ def test_a_burst_through_kserve_is_batched_and_a_broken_upload_is_refused_alone(
     assert re.fullmatch(r"HTTPStatusError : not_an_image, '400 [^']+' for url "
                         r"'http://127\.0\.0\.1:8085/v[12]/models/tagger[:/](predict|infer)'",
                         refused.json()["error"]), refused.json()
-    assert max(batch_sizes(pod)) > 1, batch_sizes(pod)  # TorchServe gathered the burst into batches
+    images = images_per_batch_since(pod, logged, len(scenes))
+    # TorchServe gathered the queued requests into batches.
+    assert 1 < max(images) <= BATCH_SIZE, f"images per batch {images}, batchSize {BATCH_SIZE}"
 
 
 def test_options_travel_through_kserve(pod):
@@ -231,15 +256,18 @@ def test_options_travel_through_kserve(pod):
     everything = tagger_response(pod, predict(pod, image, threshold=0))
     assert len(everything["detections"]) > len(default["detections"])
     if pod.protocol == "v2":  # a v2 request's own id comes back
-        answer = requests.post(f"{pod.model_server_url}/v2/models/tagger/infer", json=v2_body(image, request_id="req-1"))
+        answer = requests.post(f"{pod.model_server_url}/v2/models/tagger/infer",
+                               json=v2_body(image, request_id="req-1"), timeout=CALL_TIMEOUT_S)
         assert answer.json()["id"] == "req-1" and v2_result(answer) == default
 
 
 def test_a_v1_service_takes_both_bodies_a_v2_service_only_v2(pod):
     """What protocolVersion decides (KServe's model server forwards each body as its protocol says)."""
     image, _ = scene(7003)
-    v1 = requests.post(f"{pod.model_server_url}/v1/models/tagger:predict", json=v1_body(image, format="list"))
-    v2 = requests.post(f"{pod.model_server_url}/v2/models/tagger/infer", json=v2_body(image, format="list"))
+    v1 = requests.post(f"{pod.model_server_url}/v1/models/tagger:predict", json=v1_body(image, format="list"),
+                       timeout=CALL_TIMEOUT_S)
+    v2 = requests.post(f"{pod.model_server_url}/v2/models/tagger/infer", json=v2_body(image, format="list"),
+                       timeout=CALL_TIMEOUT_S)
     assert v2_result(v2) == tagger_response(pod, predict(pod, image, format="list"))
     if pod.protocol == "v1":
         assert v1.json()["predictions"] == [v2_result(v2)]
@@ -250,7 +278,7 @@ def test_a_v1_service_takes_both_bodies_a_v2_service_only_v2(pod):
 def test_the_pod_runs_as_kserve_runs_it(pod):
     """uid 1000 from the read-only bundle, with the envelope variable the controller sets, and nothing in
     TorchServe's log about it."""
-    processes = [psutil.Process(pid) for pid in pod.processes()]
+    processes = pod_processes(pod)
     assert {process.uids().real for process in processes} == {RUNTIME_UID}
     (java,) = [process for process in processes if process.name() == "java"]
     assert java.environ()["TS_SERVICE_ENVELOPE"] == SERVICE_ENVELOPES[pod.protocol]
@@ -266,7 +294,8 @@ def test_the_pod_runs_as_kserve_runs_it(pod):
 
 
 def test_metrics_are_scraped_at_the_pod_address(pod):
-    predict(pod, scene(7002)[0])
-    metrics = requests.get(pod.metrics_url, timeout=10).text
-    assert re.search(r'^TaggerImages\{ModelName="tagger",Level="Model",.*\} [1-9]', metrics, re.MULTILINE), metrics[:2000]
-    assert re.search(r'^ts_inference_requests_total\{model_name="tagger",.*\} [1-9]', metrics, re.MULTILINE)
+    tagger_response(pod, predict(pod, scene(7002)[0]))
+    (java,) = [process for process in pod_processes(pod) if process.name() == "java"]
+    # The worker's metric lines reach TorchServe just after the answer.
+    metrics = metrics_when(pod.metrics_url, java, {"TaggerImages": 1})
+    assert metrics.value("ts_inference_requests_total", model_name="tagger") >= 1

@@ -2,7 +2,8 @@
 
 The server is test_serving's: the repository's config.properties (metrics_mode=prometheus, metrics.yaml) on
 free ports. The worker prints its metric lines to stdout, which the front end reads beside the answers, so a
-metric can arrive just after its answer: the test waits for the handler's counters while the server lives.
+metric can arrive just after its answer: the test waits for the handler's counters while the server lives,
+for at most a minute.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import time
 
 import psutil
 import requests
-from ts.model_server import load_properties
 
-from tests.test_serving import scene, server  # noqa: F401  (server is the module's TorchServe fixture)
+from tests.test_serving import CALL_TIMEOUT_S, scene, server  # noqa: F401  (server: the module's TorchServe fixture)
 
 # 'TaggerImages{ModelName="tagger",Level="Model",Hostname="vm",} 5.0'
 SAMPLE = re.compile(r'^(?P<name>\w+)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
@@ -40,23 +40,29 @@ class Metrics:
 
 
 def read_metrics(url: str) -> Metrics:
-    answer = requests.get(url)
+    answer = requests.get(url, timeout=CALL_TIMEOUT_S)
     assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain"), answer.text
     return Metrics(answer.text)
 
 
-def metrics_when(url: str, process: psutil.Process, ready) -> Metrics:
-    """The first reading for which ``ready(metrics)`` holds, read again while the server lives."""
-    while not ready(metrics := read_metrics(url)):
+def metrics_when(url: str, process: psutil.Process, at_least: dict[str, float], timeout: float = 60) -> Metrics:
+    """The first reading in which each model metric (``MODEL``'s labels) that ``at_least`` names has reached
+    its value there, read again while the server lives, for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = read_metrics(url)
+        values = {name: metrics.value(name, **MODEL) for name in at_least}
+        if all(values[name] is not None and values[name] >= least for name, least in at_least.items()):
+            return metrics
         assert process.is_running(), "TorchServe exited"
+        assert time.monotonic() < deadline, f"after {timeout} s the metrics read {values}, not yet {at_least}"
         time.sleep(0.2)
-    return metrics
 
 
 def test_metrics_show_requests_latency_and_the_handlers_work(server):  # noqa: F811
-    url = f"{load_properties(str(server.config_file))['metrics_address']}/metrics"
+    url = server.metrics_url
     # PredictionTime is the last line of a batch: once there, the start-up probe's batch is fully counted.
-    before = metrics_when(url, server.process, lambda m: m.value("PredictionTime", **MODEL) is not None)
+    before = metrics_when(url, server.process, {"PredictionTime": 0})
 
     answers = [server.post(data=scene(6000 + n)[0], headers={"Content-Type": "image/jpeg"}) for n in range(3)]
     refused = server.post(data=b"not an image", headers={"Content-Type": "image/jpeg"})
@@ -64,13 +70,11 @@ def test_metrics_show_requests_latency_and_the_handlers_work(server):  # noqa: F
     detections = sum(len(a.json()["detections"]) for a in answers)
     assert detections > 0
 
-    def counted(name: str, metrics: Metrics) -> float:
-        return metrics.value(name, **MODEL) - (before.value(name, **MODEL) or 0)
-
-    after = metrics_when(url, server.process, lambda m: counted("TaggerDetections", m) >= detections)
     # The handler's counters: images the model ran on (the refused upload is not one) and detections reported.
-    assert counted("TaggerImages", after) == 3
-    assert counted("TaggerDetections", after) == detections
+    handler_counts = {"TaggerImages": 3, "TaggerDetections": detections}
+    counted_before = {name: before.value(name, **MODEL) or 0 for name in handler_counts}
+    after = metrics_when(url, server.process, {name: counted_before[name] + n for name, n in handler_counts.items()})
+    assert {name: after.value(name, **MODEL) - counted_before[name] for name in handler_counts} == handler_counts
     assert after.types["TaggerImages"] == after.types["TaggerDetections"] == "counter"
     # The handler's stage times and TorchServe's own, of the last batch, in ms.
     for name in ("TaggerPreprocessTime", "TaggerInferenceTime", "TaggerPostprocessTime", "HandlerTime",

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ import requests
 import yaml
 from PIL import Image
 
+from client.config import read_properties
 from client.keys import KEY_FILE, TorchServeKeys, bearer, read_keys
 from client.tag import tag_images
 from handler.sizing import cpu_cores, worker_layout
@@ -48,7 +49,13 @@ MODEL_CONFIG = yaml.safe_load(MODEL_CONFIG_FILE.read_text())
 # The shipped config leaves the worker count to the machine: one worker per core here (no GPU in the tests).
 LAYOUT = worker_layout(cores=cpu_cores())
 # "[METRICS]TaggerImages.Count:3|#ModelName:tagger,...|#hostname:vm,<timestamp>,<request id>,<request id>,..."
-BATCH_LINE = re.compile(r"\[METRICS\]TaggerImages\.Count:\d+\|.*#hostname:[^,]*,\d+,(?P<ids>[^ ]+?),? pattern=")
+BATCH_LINE = re.compile(
+    r"\[METRICS\]TaggerImages\.Count:(?P<images>\d+)\|.*#hostname:[^,]*,\d+,(?P<ids>[^ ]+?),? pattern=")
+# 'ts_inference_requests_total{model_name="tagger",model_version="default",hostname="vm",} 12.0'
+REQUESTS_RECEIVED = re.compile(r'^ts_inference_requests_total\{model_name="tagger",.*\} (\S+)$', re.MULTILINE)
+# Seconds any one call of a test may take: far beyond what a loaded machine needs (TorchServe gives up on a
+# batch after the model config's responseTimeout), so that only a hang reaches it, and fails the test.
+CALL_TIMEOUT_S = 300
 
 
 class Server(ServerBeside):
@@ -64,14 +71,27 @@ class Server(ServerBeside):
     def workers(self) -> list[psutil.Process]:
         return self.process.children(recursive=True)
 
+    @property
+    def metrics_url(self) -> str:
+        return f"{read_properties(self.config_file)['metrics_address']}/metrics"
+
     def post(self, **kwargs) -> requests.Response:
         headers = {**bearer(self.keys().inference), **kwargs.pop("headers", {})}
-        return requests.post(self.url, headers=headers, **kwargs)
+        return requests.post(self.url, headers=headers, timeout=CALL_TIMEOUT_S, **kwargs)
 
     def batches(self) -> list[list[str]]:
         """The request ids of each batch the handler ran, from its TaggerImages metric in ts_log.log."""
         log = (self.start_dir / "logs" / "ts_log.log").read_text(errors="replace")
         return [match["ids"].split(",") for match in BATCH_LINE.finditer(log)]
+
+    def batches_holding(self, ids: set[str], timeout: float = 60) -> list[list[str]]:
+        """The batches that hold any of ``ids``, once each of them is in one: the worker's metric lines reach
+        the log just after the answers."""
+        deadline = time.monotonic() + timeout
+        while missing := ids - {request for batch in self.batches() for request in batch}:
+            assert time.monotonic() < deadline, f"after {timeout} s no batch in ts_log.log holds {sorted(missing)}"
+            time.sleep(0.2)
+        return [batch for batch in self.batches() if ids & set(batch)]
 
 
 @contextlib.contextmanager
@@ -109,6 +129,52 @@ def scene(seed: int, width: int = 320, height: int = 320) -> tuple[bytes, set[st
     """A generated test image (not in the training data) and the names of the classes in it."""
     image, objects = render_image(random.Random(seed), width=width, height=height)
     return jpeg(image), {CLASS_NAMES[label] for label, _ in objects}
+
+
+def requests_received(metrics_url: str) -> int:
+    """The inference requests TorchServe's front end has received for the model: its ts_inference_requests_total,
+    which it raises as a request arrives, just before it queues the request."""
+    found = REQUESTS_RECEIVED.search(requests.get(metrics_url, timeout=CALL_TIMEOUT_S).text)
+    return round(float(found[1])) if found else 0
+
+
+def answers_to_queued(workers: list[psutil.Process], metrics_url: str,
+                      *bursts: list[Callable[[], requests.Response]], timeout: float = 60) -> list[requests.Response]:
+    """The answers to ``bursts`` of calls sent while the model's ``workers`` are stopped (SIGSTOP): each burst
+    at once, when TorchServe has received the one before; the workers go on when it has received the last.
+
+    Why: a worker thread of TorchServe takes its batch from the model's queue, the request at the head and
+    then each next one queued or arriving within maxBatchDelay (5 ms), up to batchSize. A burst sent to idle
+    workers is batched only if it arrives within that delay, which a loaded machine does not promise. While
+    the workers are stopped, each worker thread holds the one batch it took (at most batchSize requests) and
+    the later requests wait in the queue in the order they arrived; when the workers go on, each worker
+    thread's next batch takes the requests at the queue's head without waiting. TorchServe (Model.pollBatch)
+    adds each request it takes before it checks the time spent, so that batch holds two or more wherever two
+    are queued, though it may close before batchSize when the thread is descheduled for 5 ms. So more
+    requests than workers x batchSize make a batch of several however loaded the machine is, and the bursts
+    after that many leave the queue in their order.
+    """
+    assert workers, "no worker to stop: the requests would not wait in the queue"
+    deadline = time.monotonic() + timeout
+    start = expected = requests_received(metrics_url)
+    sent = []
+    with ThreadPoolExecutor(max_workers=sum(map(len, bursts))) as pool:
+        for worker in workers:
+            worker.suspend()
+        try:
+            for burst in bursts:
+                sent += [pool.submit(call) for call in burst]
+                expected += len(burst)
+                while (received := requests_received(metrics_url)) < expected:
+                    failed = [repr(call.exception()) for call in sent if call.done() and call.exception()]
+                    assert not failed and time.monotonic() < deadline, (
+                        f"TorchServe received {received - start} of the {expected - start} requests sent (waiting "
+                        f"{timeout} s at most); failed calls: {failed}")
+                    time.sleep(0.02)
+        finally:
+            for worker in workers:
+                worker.resume()
+        return [call.result() for call in sent]
 
 
 def at_once(*calls) -> list[requests.Response]:
@@ -150,7 +216,7 @@ def test_each_upload_style_gets_the_same_answer(server):
     multipart_file = server.post(files={"file": ("scene.jpg", image, "image/jpeg")}, headers=everything)
     raw_post = server.post(data=image, headers={"Content-Type": "image/jpeg", **everything})
     raw_octets = server.post(data=image, headers={"Content-Type": "application/octet-stream", **everything})
-    raw_put = requests.put(server.url, data=image,  # what curl -T sends
+    raw_put = requests.put(server.url, data=image, timeout=CALL_TIMEOUT_S,  # what curl -T sends
                            headers={**bearer(server.keys().inference), **everything})
     json_base64 = server.post(json={"data": base64.b64encode(image).decode("ascii"), "threshold": 0})
     answers = [multipart_data, multipart_file, raw_post, raw_octets, raw_put, json_base64]
@@ -178,7 +244,8 @@ def test_readme_curl_commands(server, tmp_path):
     }
     answers = {}
     for name, args in commands.items():
-        done = subprocess.run([curl, "-sS", *auth, *args, server.url], capture_output=True, text=True)
+        done = subprocess.run([curl, "-sS", *auth, *args, server.url], capture_output=True, text=True,
+                              timeout=CALL_TIMEOUT_S)
         assert done.returncode == 0, done.stderr
         answers[name] = json.loads(done.stdout)
     assert answers["-F"]["detections"]
@@ -201,18 +268,19 @@ def test_format_and_threshold_reach_the_handler(server):
 
 
 def test_concurrent_requests_are_batched(server):
-    images = [scene(5100 + n)[0] for n in range(8)]
-    answers = at_once(*[
-        (lambda image=image: server.post(data=image, headers={"Content-Type": "image/jpeg"})) for image in images
-    ])
-    assert [a.status_code for a in answers] == [200] * 8
-    ours = {a.headers["x-request-id"] for a in answers}
-    deadline = time.monotonic() + 10  # the worker's metric lines reach the log just after the answers
-    while not (batches := [set(b) & ours for b in server.batches() if set(b) & ours]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert set().union(*batches) == ours
-    assert max(len(b) for b in batches) > 1, batches  # TorchServe gathered several requests into one call
-    assert max(len(b) for b in batches) <= MODEL_CONFIG["batchSize"]
+    """Requests waiting in TorchServe's queue reach the handler together, up to batchSize in one call (with
+    batchSize 1 this fails)."""
+    workers = server.workers()
+    # Two more than the stopped workers' threads can hold: they wait in the queue (answers_to_queued).
+    images = [scene(5100 + n)[0] for n in range(len(workers) * MODEL_CONFIG["batchSize"] + 2)]
+    answers = answers_to_queued(workers, server.metrics_url, [
+        lambda image=image: server.post(data=image, headers={"Content-Type": "image/jpeg"}) for image in images])
+    assert [a.status_code for a in answers] == [200] * len(images), [a.text for a in answers]
+    ours = [a.headers["x-request-id"] for a in answers]
+    batches = server.batches_holding(set(ours))
+    assert sorted(request for batch in batches for request in batch) == sorted(ours), batches  # each ran once
+    sizes = [len(batch) for batch in batches]
+    assert 1 < max(sizes) <= MODEL_CONFIG["batchSize"], f"batch sizes {sizes}, batchSize {MODEL_CONFIG['batchSize']}"
 
 
 def test_logs_hold_each_line_once_without_per_request_chatter(server):
@@ -225,11 +293,7 @@ def test_logs_hold_each_line_once_without_per_request_chatter(server):
     image = scene(5150)[0]
     answers = at_once(*[(lambda: server.post(data=image, headers={"Content-Type": "image/jpeg"}))] * 4)
     assert [a.status_code for a in answers] == [200] * 4
-    ours = {a.headers["x-request-id"] for a in answers}
-    deadline = time.monotonic() + 60  # the worker's metric lines reach the log just after the answers
-    while not ours <= {request for batch in server.batches() for request in batch}:
-        assert time.monotonic() < deadline, "no metric lines for the batch"
-        time.sleep(0.2)
+    server.batches_holding({a.headers["x-request-id"] for a in answers})  # waits for their metric lines
     ts_log = (logs / "ts_log.log").read_text(errors="replace").splitlines()
     metric_lines = [line for line in ts_log if "[METRICS]Tagger" in line]
     assert metric_lines and len(metric_lines) == len(set(metric_lines))  # a line written twice is identical
@@ -243,27 +307,32 @@ def test_a_bad_upload_gets_its_own_error_while_its_batch_is_answered(server):
     good = scene(5200, width=300, height=200)[0]
     huge = io.BytesIO()
     Image.new("L", (8000, 6000)).save(huge, format="PNG")  # 48 MP, over max_pixels
-    calls = [
-        lambda: server.post(data=good, headers={"Content-Type": "image/jpeg"}),
+
+    def tag_good():
+        return server.post(data=good, headers={"Content-Type": "image/jpeg"})
+
+    bad_uploads = [
         lambda: server.post(data=b"\xff\xd8 not really a jpeg", headers={"Content-Type": "image/jpeg"}),
         lambda: server.post(files={"data": ("huge.png", huge.getvalue(), "image/png")}),
         lambda: server.post(data=b"{broken", headers={"Content-Type": "application/json"}),
     ]
-    # Whether the four reach TorchServe within its batch delay depends on the machine's load: the burst is
-    # sent again (at most 5 times) until the good request shares its batch; every burst is checked.
-    for _ in range(5):
-        answers = at_once(*calls)
-        assert [a.status_code for a in answers] == [200, 400, 413, 400], [a.text for a in answers]
-        assert [a.json().get("error") for a in answers[1:]] == ["not_an_image", "too_many_pixels", "bad_json"]
-        assert all(a.json()["message"] for a in answers[1:])
-        assert (answers[0].json()["width"], answers[0].json()["height"]) == (300, 200)
-        ids = [a.headers["x-request-id"] for a in answers]
-        deadline = time.monotonic() + 10  # the worker's metric lines reach the log just after the answers
-        while not (shared := [b for b in server.batches() if ids[0] in b]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if shared and len(set(shared[0]) & set(ids)) > 1:
-            break
-    assert shared and len(set(shared[0]) & set(ids)) > 1, (shared, ids)  # the good one was not alone
+    workers = server.workers()
+    # Behind more requests than the stopped workers' threads can hold, the calls leave the queue one after
+    # another, in batches of two or more (answers_to_queued): a bad upload between two good requests shares
+    # its batch with one of them.
+    queue_fill = [tag_good] * (len(workers) * MODEL_CONFIG["batchSize"] + 1)
+    in_turn = [tag_good, *(call for bad_upload in bad_uploads for call in (bad_upload, tag_good))]
+    answers = answers_to_queued(workers, server.metrics_url, queue_fill, *([call] for call in in_turn))
+    assert [a.status_code for a in answers] == [200] * len(queue_fill) + [200, 400, 200, 413, 200, 400, 200], [
+        a.text for a in answers]
+    in_turn_answers = answers[len(queue_fill):]
+    bad_answers, good_answers = in_turn_answers[1::2], answers[:len(queue_fill)] + in_turn_answers[::2]
+    assert [a.json().get("error") for a in bad_answers] == ["not_an_image", "too_many_pixels", "bad_json"]
+    assert all(a.json()["message"] for a in bad_answers)
+    assert {(a.json()["width"], a.json()["height"]) for a in good_answers} == {(300, 200)}
+    good_ids, bad_ids = ({a.headers["x-request-id"] for a in group} for group in (good_answers, bad_answers))
+    for batch in server.batches_holding(bad_ids):
+        assert set(batch) & good_ids, f"a bad upload ran without a good request: {batch}"
 
 
 def test_calls_without_the_inference_key_are_refused(server):
@@ -276,24 +345,26 @@ def test_calls_without_the_inference_key_are_refused(server):
         bearer(keys.management),
     ]
     for headers in headers_tried:
-        answer = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **headers})
+        answer = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **headers},
+                               timeout=CALL_TIMEOUT_S)
         assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException", headers
     ping = f"{server.config.inference_url}/ping"
-    assert requests.get(ping).status_code == 400
-    assert requests.get(ping, headers=bearer(keys.inference)).json() == {"status": "Healthy"}
+    assert requests.get(ping, timeout=CALL_TIMEOUT_S).status_code == 400
+    assert requests.get(ping, headers=bearer(keys.inference), timeout=CALL_TIMEOUT_S).json() == {"status": "Healthy"}
 
 
 def test_management_api_describes_the_model_and_refuses_registration(server):
     keys = server.keys()
     management = server.config.management_url
-    (described,) = requests.get(f"{management}/models/tagger", headers=bearer(keys.management)).json()
+    (described,) = requests.get(f"{management}/models/tagger", headers=bearer(keys.management),
+                                timeout=CALL_TIMEOUT_S).json()
     assert (described["batchSize"], described["maxBatchDelay"]) == (
         MODEL_CONFIG["batchSize"], MODEL_CONFIG["maxBatchDelay"])
     assert [w["status"] for w in described["workers"]] == ["READY"] * LAYOUT.workers
     register = requests.post(f"{management}/models", params={"url": "https://example.com/evil.mar"},
-                             headers=bearer(keys.management))
+                             headers=bearer(keys.management), timeout=CALL_TIMEOUT_S)
     assert register.status_code == 405  # enable_model_api=false
-    assert requests.get(f"{management}/models").status_code == 400  # the key is needed here too
+    assert requests.get(f"{management}/models", timeout=CALL_TIMEOUT_S).status_code == 400  # the key is needed here too
 
 
 def test_client_tags_and_draws_the_right_objects(server, tmp_path):
@@ -315,7 +386,7 @@ def test_client_tags_and_draws_the_right_objects(server, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "client.tag", *paths[:2], "--draw", tmp_path / "drawn", "--url", server.url,
          "--key-file", server.start_dir / KEY_FILE],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT, capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr
     for path, result in zip(paths[:2], results):
@@ -325,7 +396,7 @@ def test_client_tags_and_draws_the_right_objects(server, tmp_path):
     list_run = subprocess.run(
         [sys.executable, "-m", "client.tag", paths[0], "--format", "list", "--url", server.url,
          "--key-file", server.start_dir / KEY_FILE],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT, capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
     )
     assert list_run.stdout.strip() == f"{paths[0]}: {json.dumps(results[0].response['tags'])}"
 
@@ -336,7 +407,7 @@ def test_bench_measures_the_served_model(server):
         [sys.executable, "-m", "benchmarks.bench", "--config", server.config_file, "--parts", "served",
          "--images", "3", "--seconds", "1", "--clients", "1,2", "--key-file", server.start_dir / KEY_FILE],
         cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     name = f"TorchServe {LAYOUT.label}, batch {MODEL_CONFIG['batchSize']}, delay {MODEL_CONFIG['maxBatchDelay']} ms"
@@ -360,7 +431,7 @@ def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key
         [sys.executable, "-m", "scripts.serve", "start", "--config", server.config_file,
          "--start-dir", server.start_dir],
         cwd=server.start_dir, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)},
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr
     assert running_server(server.tmp_dir).pid == server.process.pid
@@ -375,7 +446,7 @@ def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key
         pytest.skip("curl is not installed")
     (server.start_dir / "photo.jpg").write_bytes(scene(5600)[0])  # the line's example image, in this folder
     called = subprocess.run(["bash", "-c", curl_line.replace("python3 -c", f"{sys.executable} -c")],
-                            cwd=server.start_dir, capture_output=True, text=True)
+                            cwd=server.start_dir, capture_output=True, text=True, timeout=CALL_TIMEOUT_S)
     assert called.returncode == 0, called.stderr
     assert set(json.loads(called.stdout)) == {"tags", "detections", "width", "height"}
 
@@ -386,7 +457,8 @@ def test_expiring_keys_are_renewed(server):
     new = server.keys()
     assert new.inference != old.inference and new.management != old.management and new.api == old.api
     image = scene(5500)[0]
-    stale = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **bearer(old.inference)})
+    stale = requests.post(server.url, data=image, headers={"Content-Type": "image/jpeg", **bearer(old.inference)},
+                          timeout=CALL_TIMEOUT_S)
     assert stale.status_code == 400
     assert server.post(data=image, headers={"Content-Type": "image/jpeg"}).status_code == 200
 
@@ -396,11 +468,13 @@ def test_stop_leaves_no_process_behind(server):
     assert len(family) == 1 + LAYOUT.workers  # the Java front end and its Python workers
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(server.tmp_dir)}
     command = [sys.executable, "-m", "scripts.serve", "stop", "--start-dir", server.start_dir]
-    done = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True,
+                          timeout=CALL_TIMEOUT_S)
     assert (done.returncode, done.stdout.strip()) == (0, "TorchServe stopped."), done.stderr
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family)
     assert not (server.start_dir / KEY_FILE).exists()
     with pytest.raises(requests.ConnectionError):
-        requests.get(f"{server.config.inference_url}/ping")
-    again = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True)
+        requests.get(f"{server.config.inference_url}/ping", timeout=CALL_TIMEOUT_S)
+    again = subprocess.run(command, cwd=server.start_dir, env=env, capture_output=True, text=True,
+                           timeout=CALL_TIMEOUT_S)
     assert (again.returncode, again.stdout.strip()) == (0, "TorchServe is not running.")
