@@ -84,6 +84,11 @@ stop: setup
 bench: serve
 	$(PY) -m benchmarks.bench $(ARGS)
 
+# The baseline server and the TorchServe of `make serve` with another process keeping a core busy (a shared node).
+.PHONY: bench-neighbour
+bench-neighbour: serve
+	$(PY) -m benchmarks.neighbour $(ARGS)
+
 # ---- Accuracy on real photos (not a timed test, not part of `make test`) ----
 .PHONY: bench-accuracy
 

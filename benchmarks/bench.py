@@ -171,7 +171,7 @@ def measure_bare(checkpoint: Path, jpegs: list[bytes], *, device: str, cores: in
 
 # ---- the plain baseline server ----
 
-def _baseline_server(checkpoint: str, device: str, ready) -> None:
+def baseline_server(checkpoint: str, device: str, ready) -> None:
     """ThreadingHTTPServer: POST an image, get the handler's dict response; one model call per request."""
     tagger = Tagger.from_checkpoint(checkpoint, device=device)
     model_lock = threading.Lock()
@@ -424,7 +424,7 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
         if "baseline" in parts:
             context = multiprocessing.get_context("spawn")
             ready = context.Queue()
-            server = context.Process(target=_baseline_server, args=(str(checkpoint), args.device, ready), daemon=True)
+            server = context.Process(target=baseline_server, args=(str(checkpoint), args.device, ready), daemon=True)
             server.start()
             try:
                 url = f"http://127.0.0.1:{ready.get()}/"

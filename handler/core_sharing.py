@@ -20,6 +20,9 @@ an unwritable ``TMPDIR``, a folder of another user) makes the worker take its eq
 after the front end's pid namespace, pid and start time, so front ends in containers sharing ``/tmp`` or a
 later one reusing the pid never share it; a worker's start and ``make stop`` remove the folders whose
 workers are all gone (a folder with a live worker, from any container, is left alone: its lock is held).
+
+Cores that other processes keep busy (a node shared with other work) are left to them: the threads of a
+batch are shared out of the cores the neighbours leave (``handler/neighbours.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Callable, Iterator, TypeVar
 
 import psutil
 
+from handler.neighbours import NeighbourLoad
 from handler.text import error_line
 
 logger = logging.getLogger(__name__)
@@ -138,10 +142,12 @@ class CoreSharing:
         folder: the record (``record_folder`` of the worker's front end).
         cores: the CPU cores the workers share (``sizing.cpu_cores()``).
         workers: the workers expected to share them, until the record has counted those alive.
+        neighbours: the cores other processes keep busy, left to them (None: not measured, every core is
+            the workers').
     """
 
-    def __init__(self, *, folder: Path, cores: int, workers: int) -> None:
-        self.folder, self.cores = folder, cores
+    def __init__(self, *, folder: Path, cores: int, workers: int, neighbours: NeighbourLoad | None = None) -> None:
+        self.folder, self.cores, self.neighbours = folder, cores, neighbours
         self.workers = workers  # the workers alive at the last reading of the record: the equal share's divisor
         # "<pid>.<n>": a process may hold several places (a worker holds one; tests play several workers).
         self.name = f"{os.getpid()}.{next(_places)}"
@@ -241,17 +247,18 @@ class CoreSharing:
         return True
 
     def share_now(self) -> int:
-        """Sets this busy worker's torch threads to the cores shared equally among the workers busy now,
-        this one included (at least 1), or among all those alive in a backlog, and returns them. Called before
+        """Sets this busy worker's torch threads to the cores the neighbours leave, shared equally among the
+        workers busy now, this one included (at least 1), or among all those alive in a backlog, and returns them. Called before
         each model call of a batch: a worker that began alone gives cores back at its next call once others
         are busy. Without a usable record: the equal share among the workers last counted."""
         counted = self._guarded(self._read_record)
         if counted is None:
-            sharing = self.workers
+            sharing, worker_pids = self.workers, {os.getpid()}
         else:
-            busy_others, self.workers = counted
+            busy_others, self.workers, worker_pids = counted
             sharing = self.workers if self._backlog else 1 + busy_others
-        threads = max(1, self.cores // sharing)
+        taken = self.neighbours.update(worker_pids) if self.neighbours is not None else 0
+        threads = max(1, (self.cores - taken) // sharing)
         import torch  # here: `make stop` imports this module for its sweep, and needs no torch
         if self._busy is not None:  # for `make bench`'s sampling (busy_threads)
             self._guarded(lambda: os.pwrite(self._busy, str(threads).encode().ljust(4), 0))
@@ -259,9 +266,9 @@ class CoreSharing:
             torch.set_num_threads(threads)
         return threads
 
-    def _read_record(self) -> tuple[int, int]:
-        """(other workers busy now, workers alive with this one): TorchServe's real worker count, whatever
-        started them (``minWorkers``, ``default_workers_per_model``, one per GPU, a scale-up)."""
+    def _read_record(self) -> tuple[int, int, set[int]]:
+        """(other workers busy now, workers alive with this one, their pids): TorchServe's real worker count,
+        whatever started them (``minWorkers``, ``default_workers_per_model``, one per GPU, a scale-up)."""
         if self._busy is None:
             raise FileNotFoundError(f"{self.folder} could not be joined")
         entries = {entry.name: entry.inode() for entry in os.scandir(self.folder)
@@ -277,8 +284,9 @@ class CoreSharing:
                     continue  # removed since the listing
             held[name] = _is_held(self._others[name][1])
         busy = sum(1 for name, is_held in held.items() if is_held and name.endswith(BUSY))
-        alive = sum(1 for name, is_held in held.items() if is_held and name.endswith(ALIVE))
-        return busy, 1 + alive
+        alive = [name for name, is_held in held.items() if is_held and name.endswith(ALIVE)]
+        pids = {int(pid) for name in alive if (pid := name.split(".")[0]).isdigit()}
+        return busy, 1 + len(alive), {os.getpid(), *pids}
 
     def _guarded(self, step: Callable[[], Result]) -> Result | None:
         """``step``'s result, or None after a file-system fault, which is logged when it begins (and its end

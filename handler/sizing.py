@@ -4,8 +4,9 @@ handler applies when it starts and that ``make serve`` prints.
 Workers: TorchServe 0.12 takes ``minWorkers``/``maxWorkers`` from the model's ``model-config.yaml`` only as a
 pair with ``maxWorkers >= minWorkers > 0`` (``ModelServer.initModelStore``); otherwise it starts its default
 count: ``default_workers_per_model`` of ``config.properties``, else one worker per GPU, else one per CPU core
-(``ConfigManager.getDefaultWorkers``). ``configured_workers`` mirrors the first rule and ``worker_layout`` the
-default, so the handler knows how many workers share the machine. Threads: each worker takes an equal share
+(``ConfigManager.getDefaultWorkers``), whatever ``deviceType`` says. ``configured_workers`` mirrors the first
+rule and ``worker_layout`` assumes one worker per core otherwise: the threads a CPU worker starts with. From its
+first batch on, a CPU worker counts the workers really alive (``handler/core_sharing.py``). Threads: each worker takes an equal share
 of the cores, so the workers together never run more torch threads than there are cores (on a 2-core CPU:
 2 workers x 1 thread served 19.4 img/s to 8 clients, 1 worker x 2 threads 12.9). ``handler.torch_threads``
 wins.

@@ -25,6 +25,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler.core_sharing import CoreSharing, record_folder
 from handler.decode import ImageError
 from handler.kserve import open_envelope
+from handler.neighbours import NeighbourLoad
 from handler.request_parsing import RequestError, TagOptions, parse_request, read_json_parts
 from handler.rows import Prepared, Refusal, Tagged
 from handler.settings import settings_from_config
@@ -59,7 +60,8 @@ class TaggerHandler(BaseHandler):
         # TorchServe's front end starts the workers: it names the record they share, in which each batch
         # counts the workers alive and busy (the layout's worker count is only the guess until then).
         self.core_sharing = (CoreSharing(folder=record_folder(os.getppid()), cores=layout.cores,
-                                         workers=layout.workers) if layout.follows_load else None)
+                                         workers=layout.workers, neighbours=NeighbourLoad(cores=layout.cores))
+                             if layout.follows_load else None)
         self.batch_size = properties.get("batch_size") or 1
         self.model_pt_path = str(Path(properties["model_dir"]) / self.manifest["model"]["serializedFile"])
         self.tagger = Tagger.from_checkpoint(
