@@ -103,3 +103,17 @@ bench-accuracy: setup
 # archive/kserve/{config,model-store}, from the checkpoint `make archive` would pack.
 kserve-bundle: setup
 	$(PY) -m scripts.kserve_bundle --output archive/kserve $(PACKED)
+
+# ---- Chaos: the real TorchServe under load while it breaks (part of `make test` too; a few minutes) ----
+# A worker killed (-9), the workers' busy record removed, a second TorchServe in the same TMPDIR, the front end
+# restarted: each case prints one "chaos:" line with its figures and asserts its goal (tests/test_chaos.py).
+.PHONY: chaos
+chaos: setup
+	$(PY) -m pytest -q -s tests/test_chaos.py
+
+# ---- The served model on a GPU (benchmarks/gpu_serve.py; its docstring has the device calls) ----
+# Here: ARGS=--stage downloads the wheels a GPU machine lacks into .gpu-wheels/; ARGS="--device cpu --models demo
+# --batch-sizes 1,8 --clients 1,8 --seconds 3 --precisions float32" runs its CPU path, small.
+.PHONY: bench-gpu-serve
+bench-gpu-serve: setup
+	$(PY) -m benchmarks.gpu_serve $(ARGS)

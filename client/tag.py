@@ -76,11 +76,22 @@ class RetryPolicy:
                 for retry in range(self.retries)]
 
 
+@dataclass(frozen=True)
+class _Try:
+    """One try of ``tag_image``: its result, whether it may be sent again as it is, and whether the server
+    refused the key (an old one: TorchServe writes new keys at each start, or a wrong one)."""
+
+    result: TagResult
+    retryable: bool
+    key_refused: bool = False
+
+
 def tag_image(
     image: Path,
     *,
     url: str,
     key: str,
+    key_file: Path | None = None,
     response_format: str | None = None,
     threshold: float | None = None,
     timeout: float = 120,
@@ -92,6 +103,8 @@ def tag_image(
         image: the image file.
         url: the prediction endpoint, e.g. ``http://127.0.0.1:8080/predictions/tagger``.
         key: TorchServe's inference key.
+        key_file: where ``key`` was read: read again when the server refuses the key, and the request sent
+            again with a new one (a restarted TorchServe wrote new keys); None sends ``key`` only.
         response_format: "dict" or "list"; None leaves the server's default.
         threshold: the score threshold for this request; None leaves the server's.
         timeout: seconds to wait for the answer.
@@ -110,20 +123,31 @@ def tag_image(
     with file:
         for wait in [*retry.delays(), None]:
             file.seek(0)  # each try uploads the whole file
-            result, retryable = _post(image, file, url=url, key=key, fields=fields, content_type=content_type,
-                                      timeout=timeout)
-            if not retryable:
-                return result
+            attempt = _post(image, file, url=url, key=key, fields=fields, content_type=content_type, timeout=timeout)
+            if attempt.key_refused and (renewed := _key_in(key_file)) not in (None, key):
+                key = renewed  # sent again at once, with the key the server now holds
+                continue
+            if not attempt.retryable:
+                return attempt.result
             if wait is not None:
                 time.sleep(wait)
     tries = retry.retries + 1
-    return result if tries == 1 else TagResult(image, error=f"gave up after {tries} tries: {result.error}")
+    return (attempt.result if tries == 1
+            else TagResult(image, error=f"gave up after {tries} tries: {attempt.result.error}"))
+
+
+def _key_in(key_file: Path | None) -> str | None:
+    """The inference key in ``key_file`` now; None without a file or a readable key."""
+    try:
+        return read_keys(key_file).inference if key_file is not None else None
+    except KeyFileError:
+        return None
 
 
 def _post(
     image: Path, file: IO[bytes], *, url: str, key: str, fields: dict[str, str], content_type: str, timeout: float,
-) -> tuple[TagResult, bool]:
-    """One try of ``tag_image``: its result, and whether it may be tried again."""
+) -> _Try:
+    """One try of ``tag_image``."""
     try:
         answer = requests.post(
             url,
@@ -133,17 +157,19 @@ def _post(
             timeout=timeout,
         )
     except requests.ConnectionError:  # refused or reset: a server that is down or restarting
-        return TagResult(image, error=f"cannot reach {url}: is TorchServe running? (make serve)"), True
+        return _Try(TagResult(image, error=f"cannot reach {url}: is TorchServe running? (make serve)"), True)
     except requests.RequestException as exc:  # a timeout among them: the image may be what takes so long
-        return TagResult(image, error=f"request to {url} failed: {exc}"), False
+        return _Try(TagResult(image, error=f"request to {url} failed: {exc}"), False)
     if answer.status_code == 200:
         try:
-            return TagResult(image, response=answer.json()), False
+            return _Try(TagResult(image, response=answer.json()), False)
         except ValueError:
-            return TagResult(image, error="the server answered 200 with a body that is not JSON: "
-                                          f"{shorten(answer.text, 200)!r}"), False
-    return (TagResult(image, error=describe_refusal(answer.status_code, answer.text)),
-            is_retryable(answer.status_code, answer.text))
+            return _Try(TagResult(image, error="the server answered 200 with a body that is not JSON: "
+                                               f"{shorten(answer.text, 200)!r}"), False)
+    content = _json_object(answer.text)
+    return _Try(TagResult(image, error=describe_refusal(answer.status_code, answer.text)),
+                is_retryable(answer.status_code, answer.text),
+                key_refused=content is not None and content.get("type") == "InvalidKeyException")
 
 
 def is_retryable(status: int, body: str) -> bool:
@@ -193,6 +219,7 @@ def tag_images(
     *,
     url: str,
     key: str,
+    key_file: Path | None = None,
     response_format: str | None = None,
     threshold: float | None = None,
     concurrency: int = 8,
@@ -202,13 +229,13 @@ def tag_images(
 
     Args:
         images: image files.
-        url, key, response_format, threshold, retry: as for ``tag_image``.
+        url, key, key_file, response_format, threshold, retry: as for ``tag_image``.
         concurrency: requests sent at once (TorchServe batches those that arrive together).
     """
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(images)))) as pool:
         return list(pool.map(
-            lambda image: tag_image(image, url=url, key=key, response_format=response_format, threshold=threshold,
-                                    retry=retry),
+            lambda image: tag_image(image, url=url, key=key, key_file=key_file, response_format=response_format,
+                                    threshold=threshold, retry=retry),
             images,
         ))
 
@@ -257,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tag: {exc}", file=sys.stderr)
         return 1
 
-    results = tag_images(args.images, url=url, key=key, response_format=args.format,
+    results = tag_images(args.images, url=url, key=key, key_file=args.key_file, response_format=args.format,
                          threshold=args.threshold, concurrency=args.concurrency,
                          retry=RetryPolicy(retries=args.retries))
     drawings = DrawingFolder(args.draw) if args.draw is not None else None

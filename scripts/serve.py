@@ -63,6 +63,27 @@ def running_server(tmp_dir: Path | None = None) -> psutil.Process | None:
         return None
 
 
+def server_of(start_dir: Path, tmp_dir: Path | None = None) -> psutil.Process | None:
+    """``running_server``, when it was started in ``start_dir``.
+
+    Raises:
+        ServerError: the TorchServe of this ``TMPDIR`` was started in another folder (another clone's, another
+            user's ``make serve``): it is theirs to stop, and TorchServe runs one server per ``TMPDIR``.
+    """
+    server = running_server(tmp_dir)
+    if server is None:
+        return None
+    try:
+        started_in = Path(server.cwd()).resolve()
+    except psutil.Error:  # another user's process: its folder cannot be read, and it is not ours either
+        started_in = None
+    if started_in != start_dir.resolve():
+        raise ServerError(f"the TorchServe of {pid_file(tmp_dir)} (pid {server.pid}) was started in "
+                          f"{started_in or 'a folder of another user'}, not in {start_dir}: stop it there, or "
+                          f"give this one a TMPDIR of its own (TMPDIR=/tmp/mine make serve)")
+    return server
+
+
 def pid_file(tmp_dir: Path | None = None) -> Path:
     """Where ``torchserve --start`` records the server's pid (and, by the file's time, when it started)."""
     return (tmp_dir or Path(tempfile.gettempdir())) / ".model_server.pid"
@@ -352,7 +373,7 @@ def _serve(config_file: Path, timeout: float, *, start_dir: Path) -> int:
     if not config.archive.is_file():
         raise ServerError(f"{config.archive} not found: build it with `make archive`")
     began = time.monotonic()
-    server = running_server()
+    server = server_of(start_dir)
     if server is not None and config.archive.stat().st_mtime > pid_file().stat().st_mtime:
         print(f"{config.archive} is newer than the running TorchServe: restarting it")
         stop_server(start_dir=start_dir)
@@ -405,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "start":
             return _serve(args.config, args.timeout, start_dir=args.start_dir)
-        if running_server() is None:
+        if server_of(args.start_dir) is None:
             print("TorchServe is not running.")
             return 0
         killed = stop_server(start_dir=args.start_dir)

@@ -393,6 +393,22 @@ def test_an_answer_that_says_nothing_about_the_image_is_tried_again(failure, sta
     assert server.requests == 3
 
 
+def test_a_refused_key_is_read_again_from_its_file_once_a_restart_wrote_a_new_one(stand_in, tmp_path):
+    """TorchServe writes new keys at each start: a request retried across a restart carries the old key."""
+    old_key = (400, {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."})
+    server = stand_in(DROPPED, old_key)  # down, then up with new keys
+    image, key_file = tmp_path / "a.jpg", tmp_path / "key_file.json"
+    Image.new("RGB", (64, 48)).save(image)
+    key_file.write_text(json.dumps(KEY_FILE))  # the key the client starts with...
+    result = tag_image(image, url=server.url, key="the old key", key_file=key_file, retry=QUICK_RETRIES)
+    assert result == TagResult(image, response=STAND_IN_ANSWER)  # ... is not the one the file holds now
+    # Refused again with the file's key: no other key to try, so the refusal is the answer.
+    server = stand_in(old_key)
+    result = tag_image(image, url=server.url, key=KEY_FILE["inference"]["key"], key_file=key_file,
+                       retry=QUICK_RETRIES)
+    assert result.error.startswith("HTTP 400 InvalidKeyException") and server.requests == 1
+
+
 def test_the_handlers_own_500_is_not_tried_again(stand_in, tmp_path):
     """inference_failed is the handler's answer for this image: sent again, it would fail again."""
     server = stand_in(INFERENCE_FAILED)

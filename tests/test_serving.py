@@ -105,17 +105,23 @@ def torchserve(store: Path, root: Path) -> Iterator[Server]:
             yield Server(**vars(served))
 
 
-@pytest.fixture(scope="module")
-def server(trained_checkpoint, tmp_path_factory) -> Server:
-    """TorchServe serving what `make serve` packs on a fresh clone: no Epoch.N.pth, so the shipped demo model."""
-    root = tmp_path_factory.mktemp("torchserve")
+def shipped_store(root: Path) -> Path:
+    """A model store in ``root`` holding what `make archive` packs on a fresh clone: no Epoch.N.pth, so the
+    shipped demo model."""
     store, models = root / "store", root / "model"
     for folder in (store, models):
         folder.mkdir()
     packed = run_module("scripts.make_archive", "--if-changed", "--model-dir", models, "--output", store / "tagger.mar")
     assert packed.stdout.splitlines()[0] == f"wrote {store / 'tagger.mar'} from {SHIPPED_CHECKPOINT}", packed.stderr
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint, tmp_path_factory) -> Server:
+    """TorchServe serving what `make serve` packs on a fresh clone: no Epoch.N.pth, so the shipped demo model."""
+    root = tmp_path_factory.mktemp("torchserve")
     assert SHIPPED_CHECKPOINT == trained_checkpoint
-    with torchserve(store, root) as served:
+    with torchserve(shipped_store(root), root) as served:
         yield served
 
 
