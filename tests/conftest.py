@@ -35,11 +35,14 @@ def run_module(module: str, *args: str, env: dict | None = None):
 
 @pytest.fixture(scope="session", autouse=True)
 def private_temp_folder(tmp_path_factory):
-    """This process's temp folder for the session (handlers loaded in the tests keep their busy record there),
-    so that no test writes into the machine's /tmp; servers the tests start get their own TMPDIR."""
+    """The temp folder of this process and of the processes it starts, for the session (handlers loaded in the
+    tests keep their busy record there), so that no test writes into the machine's /tmp; servers the tests
+    start get a TMPDIR of their own."""
     before = tempfile.tempdir
-    tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
+        patch.setenv("TMPDIR", tempfile.tempdir)
+        yield
     tempfile.tempdir = before
 
 
