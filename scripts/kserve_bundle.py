@@ -58,10 +58,11 @@ KSERVE_SETTINGS: dict[str, tuple[str | None, str]] = {
         "KServe's model server asks here whether the model is ready (its own gRPC port is 8081).",
     ),
     "metrics_address": (
-        "http://0.0.0.0:8082",
-        "TorchServe's and the handler's metrics, for Prometheus to scrape at the pod's address (a PodMonitor "
-        "or scrape config), or for KServe's metric aggregation (serving.kserve.io/enable-metric-aggregation) "
-        "to merge with queue-proxy's on port 9088.",
+        "http://127.0.0.1:8082",
+        "TorchServe's and the handler's metrics, on the pod's loopback: KServe's metric aggregation "
+        "(serving.kserve.io/enable-metric-aggregation) has queue-proxy, in the same pod, scrape them there and "
+        "serve them with its own on port 9088. Loopback keeps TorchServe's Netty 4.1.53, which has no key on "
+        "this port, off the pod network.",
     ),
     "model_store": (f"{MOUNT}/{MODEL_STORE_DIR}", "Where KServe puts the storageUri's model-store/."),
     "metrics_config": (f"{MOUNT}/{CONFIG_DIR}/{METRICS_FILE}", "The metric declarations of this bundle."),

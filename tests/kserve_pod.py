@@ -54,6 +54,29 @@ POD_HOME = "/home/model-server"  # the image's user and working folder
 SERVICE_ENVELOPES = {"v1": "kserve", "v2": "kservev2"}
 MODEL_SERVER_PORT = 8080
 TORCHSERVE_METRICS_PORT = 8082
+# KServe's metric aggregation: queue-proxy, in the pod, scrapes TorchServe's metrics on the pod's loopback and
+# serves them on this port of the pod's address. The pod plays that scraper's part (forwarding only: it is
+# where the scraper runs that the bundle's loopback address is about).
+AGGREGATED_METRICS_PORT = 9088
+QUEUE_PROXY_UID = 65532  # Knative's queue-proxy image runs as this non-root user
+SCRAPER = f"""
+import http.server, urllib.request
+
+class Scrape(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with urllib.request.urlopen("http://127.0.0.1:{TORCHSERVE_METRICS_PORT}/metrics", timeout=30) as answer:
+            body, kind = answer.read(), answer.headers["Content-Type"]
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("0.0.0.0", {AGGREGATED_METRICS_PORT}), Scrape).serve_forever()
+"""
 
 
 def missing_requirements() -> str | None:
@@ -83,6 +106,12 @@ class Pod:
 
     @property
     def metrics_url(self) -> str:
+        """TorchServe's metrics as the cluster's Prometheus reads them: from the scraper in the pod."""
+        return f"http://{self.address}:{AGGREGATED_METRICS_PORT}/metrics"
+
+    @property
+    def torchserve_metrics_url(self) -> str:
+        """TorchServe's own metrics port at the pod's address (the bundle binds it to loopback)."""
         return f"http://{self.address}:{TORCHSERVE_METRICS_PORT}/metrics"
 
     def log(self, name: str) -> str:
@@ -90,9 +119,16 @@ class Pod:
         return path.read_text(errors="replace") if path.is_file() else ""
 
     def processes(self) -> list[int]:
-        """The pids in the pod's network namespace."""
+        """The pids of the pod's kserve-container: its network namespace's, less queue-proxy's scraper."""
         listed = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
-        return [int(pid) for pid in listed.stdout.split()]
+        return [int(pid) for pid in listed.stdout.split() if _owner(int(pid)) != QUEUE_PROXY_UID]
+
+
+def _owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None  # gone
 
 
 def _run(*command: str) -> None:
@@ -191,6 +227,10 @@ def kserve_pod(bundle: Path, *, protocol: str, index: int, torchserve_python: Pa
         )
         pod = Pod(name=name, address=f"{subnet}.2", protocol=protocol, home=home)
         _wait_until_ready(pod, launcher)
+        subprocess.Popen(["ip", "netns", "exec", name, "setpriv", f"--reuid={QUEUE_PROXY_UID}",
+                          f"--regid={QUEUE_PROXY_UID}", "--clear-groups", sys.executable, "-c", SCRAPER],
+                         stdout=console, stderr=console)
+        _wait_until_scraped(pod)
         yield pod
     finally:
         _stop(name)
@@ -211,6 +251,19 @@ def _wait_until_ready(pod: Pod, launcher: subprocess.Popen, timeout: float = 300
             pass
         time.sleep(0.5)
     raise TimeoutError(f"the pod was not ready after {timeout} s:\n{pod.log('ts_log.log')[-3000:]}")
+
+
+def _wait_until_scraped(pod: Pod, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(pod.metrics_url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the pod's scraper did not serve {pod.metrics_url} in {timeout} s")
+        time.sleep(0.2)
 
 
 def _stop(name: str) -> None:

@@ -109,7 +109,7 @@ def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):
     inference, management = urlparse(bundle_config["inference_address"]), urlparse(bundle_config["management_address"])
     assert inference.hostname == management.hostname == "127.0.0.1" and inference.port == management.port
     assert inference.port not in KSERVE_MODEL_SERVER_PORTS
-    assert urlparse(bundle_config["metrics_address"]).hostname == "0.0.0.0"
+    assert urlparse(bundle_config["metrics_address"]).hostname == "127.0.0.1"  # for queue-proxy, in the pod
     assert bundle_config["metrics_mode"] == "prometheus"
     # The decisions the README explains: no keys (the ingress authenticates), no model API, no TS envelope
     # (and no TS_* variable, such as the runtime's TS_SERVICE_ENVELOPE, can set one).
@@ -147,6 +147,17 @@ def test_a_pod_runs_the_workers_its_model_config_names_or_one():
     for pair in ("minWorkers: 3\nmaxWorkers: 1\n", "minWorkers: 0\n", "minWorkers: two\n"):
         with pytest.raises(ValueError, match="maxWorkers >= minWorkers > 0"):
             pod_model_config(pair)
+
+
+def test_the_raw_deployment_metrics_policy_admits_the_metrics_port_from_one_namespace(bundle_config):
+    """deploy/kserve/metrics-networkpolicy.yaml, for a bundle whose metrics_address is opened to the pod network."""
+    policy = yaml.safe_load((ROOT / "deploy" / "kserve" / "metrics-networkpolicy.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    metrics_port = urlparse(bundle_config["metrics_address"]).port
+    admitting = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert admitting.keys() == {metrics_port, MODEL_SERVER_PORT}
+    (source,) = admitting[metrics_port]
+    assert set(source) == {"namespaceSelector"}  # from one namespace, not from every pod
 
 
 def test_inference_services_fit_the_bundle_and_the_image(bundle_config):
@@ -293,9 +304,12 @@ def test_the_pod_runs_as_kserve_runs_it(pod):
     assert "Permission denied" not in log and "[ERROR]" not in log, log[-2000:]
 
 
-def test_metrics_are_scraped_at_the_pod_address(pod):
+def test_metrics_are_scraped_in_the_pod_and_fenced_from_the_pod_network(pod):
     tagger_response(pod, predict(pod, scene(7002)[0]))
     (java,) = [process for process in pod_processes(pod) if process.name() == "java"]
-    # The worker's metric lines reach TorchServe just after the answer.
+    # The worker's metric lines reach TorchServe just after the answer; the scraper in the pod serves them.
     metrics = metrics_when(pod.metrics_url, java, {"TaggerImages": 1})
     assert metrics.value("ts_inference_requests_total", model_name="tagger") >= 1
+    # TorchServe's own metrics port, keyless, is not on the pod network: nothing outside the pod reaches it.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(pod.torchserve_metrics_url, timeout=10)
