@@ -117,3 +117,20 @@ chaos: setup
 .PHONY: bench-gpu-serve
 bench-gpu-serve: setup
 	$(PY) -m benchmarks.gpu_serve $(ARGS)
+
+# ---- Security: the Java libraries inside TorchServe's front end ----
+# One "name version" line per library bundled in the installed model-server.jar (ARGS=--json for a list), read
+# from the jar itself, to feed a vulnerability scanner: pip's metadata does not list them.
+.PHONY: ts-dependencies
+ts-dependencies: setup
+	$(PY) -m scripts.ts_dependencies $(ARGS)
+
+# ---- The front door: nginx in front of `make serve`'s TorchServe, for serving other hosts (README: Front door) ----
+# `make serve`, then deploy/front-door/nginx.conf.template rendered from config.properties into logs/front-door/
+# and nginx started there (ARGS="--port 8443 --listen 0.0.0.0" by default). Needs nginx (apt-get install nginx).
+.PHONY: front-door front-door-stop
+front-door: serve
+	$(PY) -m scripts.front_door start $(ARGS)
+
+front-door-stop: setup
+	$(PY) -m scripts.front_door stop $(ARGS)

@@ -40,6 +40,8 @@ from project import SERVER_CONFIG
 # carry an "error" key instead, its 500 inference_failed included: sent again, they would fail again.
 RETRYABLE_STATUSES = frozenset({500, 503, 507})
 RETRYABLE_TYPES = frozenset({"InternalServerException", "ServiceUnavailableException"})
+# The front door's (deploy/front-door): its upstream connections were all taken, or TorchServe did not answer.
+FRONT_DOOR_BUSY = (503, "busy")
 
 
 @dataclass(frozen=True)
@@ -174,15 +176,18 @@ def _post(
 
 def is_retryable(status: int, body: str) -> bool:
     """Whether a non-200 answer is TorchServe's own for a worker that died or was not available (see
-    ``RETRYABLE_TYPES``), not the handler's refusal of the image.
+    ``RETRYABLE_TYPES``) or the front door's "busy", not the handler's refusal of the image.
 
     Args:
         status: the HTTP status.
         body: the response body.
     """
     content = _json_object(body)
-    return (status in RETRYABLE_STATUSES and content is not None and "error" not in content
-            and content.get("type") in RETRYABLE_TYPES)
+    if content is None:
+        return False
+    if "error" in content:
+        return (status, content["error"]) == FRONT_DOOR_BUSY
+    return status in RETRYABLE_STATUSES and content.get("type") in RETRYABLE_TYPES
 
 
 def describe_refusal(status: int, body: str) -> str:

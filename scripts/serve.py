@@ -8,6 +8,12 @@ archive was packed from, the worker layout and how to call it (a curl line that 
 ``key_file.json``). ``python -m scripts.serve stop`` stops it and every worker.
 TorchServe finds a running server through ``$TMPDIR/.model_server.pid``: start and stop with the same
 ``TMPDIR``.
+
+``start`` also leaves a watchdog (``python -m scripts.serve watch``, detached, its pid in
+``$TMPDIR/.model_server.watchdog.pid``, its log in ``logs/watchdog.log``) that starts TorchServe again, with
+the same config in the same folder, when the front end exits without ``stop`` (the JVM exits on an
+OutOfMemoryError: config.properties' vmargs), at most ``MAX_RESTARTS`` times a minute. ``stop`` stops the
+watchdog first.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import io
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +49,11 @@ from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_so
 from scripts.model_archive import ArchiveReadError, packed_model_config
 
 CONSOLE_LOG = Path("logs") / "console.log"
+WATCHDOG_LOG = Path("logs") / "watchdog.log"
+# Restarts a minute the watchdog allows: a front end that dies again at once (a flood that goes on, a bad
+# config) is left down, and the log says so, rather than restarted in a loop that takes the CPU from others.
+MAX_RESTARTS = 3
+WATCH_EVERY_S = 0.2  # how often the watchdog looks at the front end: a restart begins within this
 # A server started beside another (tests, benchmarks) whose model never answers fails after this, not never.
 READY_TIMEOUT_S = 300
 
@@ -212,6 +224,7 @@ def stop_server(*, start_dir: Path, tmp_dir: Path | None = None, timeout: float 
         tmp_dir: the ``TMPDIR`` it was started with.
         timeout: seconds to wait for a clean exit before killing what is left.
     """
+    stop_watchdog(start_dir=start_dir, tmp_dir=tmp_dir)  # else it would start the server again
     server = running_server(tmp_dir)
     if server is None:
         return []
@@ -229,6 +242,130 @@ def stop_server(*, start_dir: Path, tmp_dir: Path | None = None, timeout: float 
     psutil.wait_procs(alive, timeout=10)
     sweep_stale_records(tmp_dir)  # the workers' busy record: nothing holds it once they are gone
     return killed
+
+
+def watchdog_pid_file(tmp_dir: Path | None = None) -> Path:
+    """Where ``make serve`` records its watchdog's pid: next to TorchServe's own pid file."""
+    return pid_file(tmp_dir).with_name(".model_server.watchdog.pid")
+
+
+def running_watchdog(*, start_dir: Path, tmp_dir: Path | None = None) -> psutil.Process | None:
+    """The watchdog of ``watchdog_pid_file``, if it is alive and watches the server started in ``start_dir``
+    (the same ``TMPDIR`` may hold another folder's: that one is not ours to stop)."""
+    try:
+        process = psutil.Process(int(watchdog_pid_file(tmp_dir).read_text().strip()))
+        command = process.cmdline()
+    except (OSError, ValueError, psutil.Error):
+        return None
+    if "scripts.serve" not in command or "watch" not in command or "--start-dir" not in command:
+        return None
+    watched = Path(command[command.index("--start-dir") + 1]).resolve()
+    return process if watched == start_dir.resolve() else None
+
+
+def start_watchdog(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = None,
+                   max_restarts: int = MAX_RESTARTS) -> psutil.Process:
+    """Starts ``python -m scripts.serve watch`` detached (a session of its own: it outlives ``make serve`` and
+    its terminal), unless one already watches ``start_dir``; returns it.
+
+    Args:
+        config_file: the config TorchServe was started with (the watchdog starts it again with the same).
+        start_dir: the folder TorchServe started in; the watchdog logs to ``WATCHDOG_LOG`` there.
+        tmp_dir: TorchServe's ``TMPDIR``; None keeps this process's.
+        max_restarts: restarts a minute before the watchdog gives up.
+    """
+    running = running_watchdog(start_dir=start_dir, tmp_dir=tmp_dir)
+    if running is not None:
+        return running
+    log = start_dir / WATCHDOG_LOG
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "scripts.serve", "watch", "--config", str(config_file.resolve()),
+               "--start-dir", str(start_dir.resolve()), "--max-restarts", str(max_restarts)]
+    with log.open("ab") as out:
+        # cwd: the repository root, where `-m scripts.serve` imports from (start_dir may be any folder).
+        watchdog = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=_server_env(tmp_dir),
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    watchdog_pid_file(tmp_dir).write_text(f"{watchdog.pid}\n")
+    return psutil.Process(watchdog.pid)
+
+
+def stop_watchdog(*, start_dir: Path, tmp_dir: Path | None = None, timeout: float = 30) -> bool:
+    """Stops the watchdog of the server started in ``start_dir`` (SIGTERM: it ends its restart, if it is in
+    one, and exits); returns whether one was running."""
+    watchdog = running_watchdog(start_dir=start_dir, tmp_dir=tmp_dir)
+    if watchdog is None:
+        return False
+    watchdog.terminate()
+    _, alive = psutil.wait_procs([watchdog], timeout=timeout)
+    for process in alive:
+        process.kill()
+    watchdog_pid_file(tmp_dir).unlink(missing_ok=True)
+    return True
+
+
+def _log(message: str) -> None:
+    print(f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ} watchdog: {message}", flush=True)
+
+
+def watch(config_file: Path, *, start_dir: Path, tmp_dir: Path | None = None,
+          max_restarts: int = MAX_RESTARTS) -> int:
+    """Starts TorchServe again (``start_server`` + ``wait_until_ready``, as ``make serve``) each time its front
+    end exits, until SIGTERM (``stop_watchdog``) or more than ``max_restarts`` exits within a minute.
+
+    Args:
+        config_file: the config to start it with.
+        start_dir: the folder to start it in.
+        tmp_dir: its ``TMPDIR``; None keeps this process's.
+        max_restarts: restarts allowed within any 60 s.
+    """
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise SystemExit(0)  # out of a restart in progress too: `make stop` stops what it started
+
+    signal.signal(signal.SIGTERM, on_term)
+    config = read_server_config(config_file, start_dir=start_dir)
+    restarts: list[float] = []
+    server = running_server(tmp_dir)
+    family: list[psutil.Process] = [server, *server.children(recursive=True)] if server else []
+    _log(f"watching TorchServe (pid {server.pid if server else 'none'}) started in {start_dir}, "
+         f"at most {max_restarts} restarts a minute")
+    try:
+        while not stopping:
+            if server is not None and server.is_running() and server.status() != psutil.STATUS_ZOMBIE:
+                with contextlib.suppress(psutil.Error):
+                    family = [server, *server.children(recursive=True)]  # the workers to clean up after it
+                time.sleep(WATCH_EVERY_S)
+                continue
+            exited_at = time.monotonic()
+            _log(f"TorchServe (pid {server.pid if server else 'none'}) exited without `make stop`; console log:\n"
+                 f"{_tail(start_dir / CONSOLE_LOG, 5)}")
+            # Workers of the dead front end would hold their cores and the busy record: end them first.
+            _, alive = psutil.wait_procs(family[1:], timeout=5)
+            for process in alive:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            sweep_stale_records(tmp_dir)
+            restarts = [began for began in restarts if exited_at - began < 60] + [exited_at]
+            if len(restarts) > max_restarts:
+                _log(f"{len(restarts)} exits within a minute: giving up (`make serve` starts it again)")
+                return 1
+            try:
+                server = start_server(config_file, start_dir=start_dir, tmp_dir=tmp_dir)
+                family = [server]
+                wait_until_ready(config, key_file=start_dir / KEY_FILE, server=server, log_dir=start_dir / "logs",
+                                 timeout=READY_TIMEOUT_S)
+                _log(f"restart {len(restarts)}: TorchServe (pid {server.pid}) ready "
+                     f"{time.monotonic() - exited_at:.1f} s after the exit")
+            except ServerError as exc:
+                _log(f"restart {len(restarts)} failed: {shorten(' '.join(str(exc).split()), 300)}")
+                server = running_server(tmp_dir)
+    finally:
+        if stopping:
+            _log("stopped by `make stop`")
+    return 0
 
 
 def probe_image() -> bytes:
@@ -383,6 +520,7 @@ def _serve(config_file: Path, timeout: float, *, start_dir: Path) -> int:
     else:
         renew_expiring_keys(config, key_file)
     wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, log_dir=start_dir / CONSOLE_LOG.parent)
+    start_watchdog(config_file, start_dir=start_dir)  # kept if one already watches this server
     keys = read_keys(key_file)
     _print_usage(config, keys, served_layout(config, keys), time.monotonic() - began,
                  source=read_archive_source(config.archive), start_dir=start_dir)
@@ -415,18 +553,28 @@ def _print_usage(
     print(f"The key (in {key_file}) expires at {expires}; `make serve` renews it. `make stop` stops TorchServe.")
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scripts.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("action", choices=["start", "stop", "watch"],
+                        help="watch: the watchdog `start` leaves running (not for use by hand)")
     parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the model to answer")
     parser.add_argument("--start-dir", type=Path, default=SERVE_DIR,
                         help="where TorchServe starts (its key_file.json, logs/, and the config's relative paths)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-restarts", type=int, default=MAX_RESTARTS,
+                        help="watch: restarts within a minute before the watchdog gives up")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     try:
         if args.action == "start":
             return _serve(args.config, args.timeout, start_dir=args.start_dir)
+        if args.action == "watch":
+            return watch(args.config, start_dir=args.start_dir, max_restarts=args.max_restarts)
         if server_of(args.start_dir) is None:
+            stop_watchdog(start_dir=args.start_dir)  # one left between two restarts
             print("TorchServe is not running.")
             return 0
         killed = stop_server(start_dir=args.start_dir)

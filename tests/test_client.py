@@ -425,6 +425,7 @@ def test_the_handlers_own_500_is_not_tried_again(stand_in, tmp_path):
     (*NO_WORKER, True),
     (503, {"code": 503, "type": "InternalServerException", "message": "Prediction failed"}, True),
     (507, {"code": 507, "type": "InternalServerException", "message": "Out of resources"}, True),
+    (503, {"error": "busy", "message": "the model server is busy or not running; retry in a moment"}, True),
     (*INFERENCE_FAILED, False),
     (500, {"error": "response_failed", "message": "x"}, False),
     (400, {"error": "not_an_image", "message": "x"}, False),
