@@ -513,6 +513,10 @@ def test_two_front_ends_sharing_a_tmpdir_from_two_pid_namespaces_keep_their_own_
         java = wait_until(lambda: next((p for p in psutil.Process(launcher.pid).children(recursive=True)
                                         if p.name() == "java"), None), timeout=60, what="the second front end")
         wait_until_ready(config, key_file=start_dir / KEY_FILE, server=java, log_dir=start_dir / "logs")
+        # Ready means one worker answers; the others may still be loading (on a busy machine, seconds later).
+        wait_until(lambda: [alive_in(folder) for folder in record_folders(server.tmp_dir)
+                            if folder != first_folder] == [LAYOUT.workers], timeout=WAIT_S, every=0.2,
+                   what="every worker of the second front end in its record")
         first_pid_file_after = pid_file(server.tmp_dir).read_text()
         found_by_pid_file = running_server(server.tmp_dir)  # what `make stop` beside the first would stop
         second_url = config.predictions_url
