@@ -371,6 +371,13 @@ def ratio_line(name: str, value: float, goal: str) -> str:
     return f"  {name:<42} {value:5.2f}   (goal {goal})"
 
 
+def add_served_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--key-file``: the TorchServe of ``make serve`` that a benchmark loads."""
+    parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config of `make serve`")
+    parser.add_argument("--key-file", type=Path, default=SERVED_KEY_FILE,
+                        help="the served TorchServe's key file, in the folder it started in (default: make serve's)")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="bare model and baseline server device: cpu or cuda")
@@ -379,9 +386,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each measured phase")
     parser.add_argument("--clients", default="1,8,16", help="closed-loop client counts for the servers")
     parser.add_argument("--batch-sizes", default="1,4,8", help="bare-model batch sizes (CPU); a GPU adds 16")
-    parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config of `make serve`")
-    parser.add_argument("--key-file", type=Path, default=SERVED_KEY_FILE,
-                        help="the served TorchServe's key file, in the folder it started in (default: make serve's)")
+    add_served_arguments(parser)
     parser.add_argument("--checkpoint", type=Path,
                         help="weights of the bare model and the baseline (default: those in the served archive)")
     return parser

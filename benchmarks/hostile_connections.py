@@ -18,16 +18,14 @@ import contextlib
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
 import requests
 
-from benchmarks.bench import generate_jpegs
+from benchmarks.bench import add_served_arguments, generate_jpegs
 from client.config import ServerConfigError, read_properties, read_server_config
-from client.keys import SERVED_KEY_FILE, KeyFileError, bearer, read_keys
-from project import SERVER_CONFIG
+from client.keys import KeyFileError, bearer, read_keys
 from scripts.serve import running_server
 
 STALLED_BYTES = 1024  # of the announced body, sent before the client stalls
@@ -38,8 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle", type=int, default=1000, help="idle connections held")
     parser.add_argument("--stalled", type=int, default=300, help="stalled bodies held, in each of the two phases")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds each phase holds its connections")
-    parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config of `make serve`")
-    parser.add_argument("--key-file", type=Path, default=SERVED_KEY_FILE, help="the served TorchServe's key file")
+    add_served_arguments(parser)
     return parser
 
 

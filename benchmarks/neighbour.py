@@ -23,10 +23,10 @@ from typing import Iterator
 
 import requests
 
-from benchmarks.bench import Measurement, baseline_server, generate_jpegs, machine, ratio_line, run_clients
+from benchmarks.bench import (Measurement, add_served_arguments, baseline_server, generate_jpegs, machine, ratio_line,
+                              run_clients)
 from client.config import read_server_config
-from client.keys import SERVED_KEY_FILE, bearer, read_keys
-from project import SERVER_CONFIG
+from client.keys import bearer, read_keys
 from scripts.model_archive import extract_serialized_file
 from scripts.serve import served_layout
 
@@ -73,8 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured phase")
     parser.add_argument("--busy-cores", type=int, default=1, help="cores the neighbour keeps busy")
     parser.add_argument("--images", type=int, default=24, help="generated JPEGs, as in make bench")
-    parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config of `make serve`")
-    parser.add_argument("--key-file", type=Path, default=SERVED_KEY_FILE, help="the served TorchServe's key file")
+    add_served_arguments(parser)
     return parser
 
 
