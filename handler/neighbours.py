@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from handler.sizing import cgroup_cpu_limit
-
 WINDOW_S = 0.25  # the shortest interval measured: /proc counts in ticks of 10 ms
 PROC = Path("/proc")
 
@@ -62,8 +60,9 @@ class NeighbourLoad:
     def __init__(self, *, cores: int) -> None:
         self.cores = cores
         affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-        quota = cgroup_cpu_limit()
-        measurable = (PROC / "stat").is_file() and len(affinity) == cores and (quota is None or quota >= cores)
+        # ``cores`` is the affinity mask capped by the cgroup's quota and cpuset: fewer than the mask means a
+        # quota bounds the workers, and the host's other load is not theirs to dodge.
+        measurable = (PROC / "stat").is_file() and len(affinity) == cores
         self._cpus = frozenset(affinity) if measurable else frozenset()
         self._last: _Reading | None = None
         self.measured = 0.0  # the cores the neighbours kept busy over the last interval

