@@ -80,6 +80,12 @@ serve: setup
 stop: setup
 	$(PY) -m scripts.serve stop
 
+# `make serve`, then a page to try it in a browser (client/page.py) on http://127.0.0.1:8090/: photos dropped
+# there come back with their boxes and tags; it adds the key itself (ARGS="--port 8091"). Ctrl-C stops the page.
+.PHONY: page
+page: serve
+	$(PY) -m client.page $(ARGS)
+
 # The bare model, a plain one-image-per-request server and the TorchServe of `make serve`, in one run.
 bench: serve
 	$(PY) -m benchmarks.bench $(ARGS)

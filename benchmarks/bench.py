@@ -18,6 +18,10 @@ generated JPEGs of mixed sizes:
   configuration could choose, against which the served threads that follow the load are measured.
 - served: the running TorchServe of ``make serve``, at 1, 8 and 16 closed-loop clients (each sends its next
   image when its last one is answered), then the worker's peak RSS and the RSS one 12 MP JPEG adds.
+- precision (CPU): the model's FLOPs per image, the machine's float32 and bfloat16 peak, and the model core's
+  ms per image and GFLOP/s in each ``handler.cpu_precision`` (``benchmarks/precision.py``); then TorchServe
+  with the archive's settings in each precision this CPU computes natively other than the served one, at 1
+  and 8 clients, against the served TorchServe and the baseline.
 
 It prints img/s and p50/p90 latency of each, then the ratios the serving goals are stated in.
 """
@@ -49,24 +53,26 @@ import requests
 import torch
 import yaml
 
-from client.config import ServerConfigError, read_server_config
+from benchmarks.precision import precision_report
+from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, SERVED_KEY_FILE, KeyFileError, bearer, read_keys
 from handler.core_sharing import busy_threads, record_folder
 from handler.decode import ImageError
-from handler.settings import ServingSettings
+from handler.precision import resolve_cpu_precision
+from handler.settings import ServingSettings, settings_from_config
 from handler.sizing import cpu_cores
 from handler.text import shorten
 from handler.tagging import Tagger, detections_above, format_response
 from project import MODEL_CONFIG, SERVER_CONFIG
 from scripts.make_archive import build_archive
-from scripts.model_archive import ArchiveReadError, extract_serialized_file
+from scripts.model_archive import ArchiveReadError, extract_serialized_file, packed_model_config
 from scripts.serve import running_server, served_layout, server_on_free_ports
 from training.synthetic import render_image
 
 # Mixed sizes, portrait and landscape: the model resizes each to its own min_size/max_size.
 IMAGE_SIZES = ((320, 320), (480, 480), (640, 480), (480, 640), (800, 600), (1280, 960))
 LARGE_PHOTO = (4000, 3000)  # 12 MP, a phone photo
-PARTS = ("bare", "baseline", "static", "served")
+PARTS = ("bare", "baseline", "static", "served", "precision")
 SAMPLE_S = 0.01  # how often the busy workers' threads are sampled
 
 
@@ -213,14 +219,16 @@ def baseline_server(checkpoint: str, device: str, ready) -> None:
 
 
 @contextlib.contextmanager
-def static_server(checkpoint: Path, *, workers: int, threads: int, server_config: Path,
-                  folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """TorchServe with ``model/model-config.yaml``'s settings but ``workers`` workers of ``threads`` torch
-    threads each (the handler's ``torch_threads``, so they do not follow the load), on free ports in
-    ``folder``; yields its predictions URL and the inference key's header, and stops it after."""
+def archive_server(checkpoint: Path, *, server_config: Path, folder: Path, workers: int | None = None,
+                   handler: dict[str, object]) -> Iterator[tuple[str, dict[str, str]]]:
+    """TorchServe with ``model/model-config.yaml``'s settings but ``handler`` over its ``handler:`` section and
+    ``workers`` workers when given, on free ports in ``folder``; yields its predictions URL and the inference
+    key's header, and stops it after. With ``torch_threads`` in ``handler`` the workers keep that many threads
+    (a fixed layout) rather than follow the load."""
     model_config = yaml.safe_load(MODEL_CONFIG.read_text()) or {}
-    model_config.update(minWorkers=workers, maxWorkers=workers)
-    model_config["handler"] = {**(model_config.get("handler") or {}), "torch_threads": threads}
+    if workers is not None:
+        model_config.update(minWorkers=workers, maxWorkers=workers)
+    model_config["handler"] = {**(model_config.get("handler") or {}), **handler}
     store = folder / "store"
     (folder / MODEL_CONFIG.name).write_text(yaml.safe_dump(model_config))
     build_archive(checkpoint, output=store / read_server_config(server_config).archive.name,
@@ -444,8 +452,8 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
         if "static" in parts and args.device == "cpu":
             loaded = loaded_clients(clients)
             for workers, threads in bare_layouts(device="cpu", cores=cores):
-                with tempfile.TemporaryDirectory() as folder, static_server(
-                        checkpoint, workers=workers, threads=threads, server_config=args.config,
+                with tempfile.TemporaryDirectory() as folder, archive_server(
+                        checkpoint, workers=workers, handler={"torch_threads": threads}, server_config=args.config,
                         folder=Path(folder)) as (url, auth):
                     static = measure_server(url, jpegs, clients=clients, seconds=args.seconds, headers=auth,
                                             name=f"TorchServe {workers}x{threads} fixed")
@@ -479,6 +487,10 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
             print(f"TorchServe worker peak RSS {peak:.0f} MB; one 12 MP JPEG ({len(photo) / 1e6:.1f} MB) "
                   f"adds {added:.0f} MB (goal <= 60)")
 
+        precision_servers = (measure_precision_servers(args, checkpoint=checkpoint, jpegs=jpegs, clients=clients,
+                                                       served_precision=served_cpu_precision(config))
+                             if "precision" in parts and args.device == "cpu" else {})
+
     print("ratios:")
     loaded = loaded_clients(clients)
     if bare_best is not None:
@@ -497,7 +509,48 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
     if served and baseline and 1 in clients:
         print(ratio_line("lone request p50, served / baseline",
                          served[1].latency_ms(0.5) / baseline[1].latency_ms(0.5), "<= 1.1"))
+    if served:
+        served_precision = served_cpu_precision(config)
+        for precision, other in precision_servers.items():
+            # The goals of bfloat16 where the CPU has it: against the float32 the workers ran before.
+            faster = served_precision == "bfloat16" and precision == "float32"
+            print(ratio_line(f"lone request, {served_precision} served / {precision} speed-up",
+                             other[1].latency_ms(0.5) / served[1].latency_ms(0.5), ">= 1.6" if faster else "-"))
+            print(ratio_line(f"{served_precision} served / {precision} img/s, {loaded} clients",
+                             served[loaded].images_per_second / other[loaded].images_per_second,
+                             ">= 1.5" if faster else "-"))
     return 0
+
+
+def served_cpu_precision(config: ServerConfig) -> str:
+    """What the served archive's CPU workers compute in on this machine (``handler/precision.py``)."""
+    settings = settings_from_config(packed_model_config(config.archive).get("handler"))
+    return resolve_cpu_precision(settings.cpu_precision)
+
+
+def measure_precision_servers(args: argparse.Namespace, *, checkpoint: Path, jpegs: list[bytes], clients: list[int],
+                              served_precision: str) -> dict[str, dict[int, Measurement]]:
+    """The precision part: the model core in each precision (``benchmarks/precision.py``), then TorchServe in
+    each one this CPU computes natively, other than the served one, at 1 and the loaded client count."""
+    lines, costs = precision_report(checkpoint, jpegs, seconds=args.seconds / 2)
+    print("\n".join(lines), flush=True)
+    counts = sorted({1, loaded_clients(clients)})
+    servers = {}
+    for cost in costs:
+        if cost.precision == served_precision:
+            continue
+        if not cost.native:
+            print(f"TorchServe in {cost.precision}: not started, this CPU emulates it "
+                  f"({cost.ms_per_image / costs[0].ms_per_image:.0f}x float32's model time)")
+            continue
+        with tempfile.TemporaryDirectory() as folder, archive_server(
+                checkpoint, handler={"cpu_precision": cost.precision}, server_config=args.config,
+                folder=Path(folder)) as (url, auth):
+            servers[cost.precision] = measure_server(url, jpegs, clients=counts, seconds=args.seconds, headers=auth,
+                                                     name=f"TorchServe in {cost.precision}")
+        for measurement in servers[cost.precision].values():
+            print(measurement.row(), flush=True)
+    return servers
 
 
 if __name__ == "__main__":

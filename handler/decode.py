@@ -1,7 +1,13 @@
 """Image bytes to an upright RGB picture: identified by content, size-checked before decoding, any mode.
 
 Used by the TorchServe handler (so it is packed into the model archive and imports only torch, torchvision,
-Pillow and numpy) and by the training data sets, so a photo is seen the same way in training and in serving.
+Pillow, pillow-heif and numpy) and by the training data sets, so a photo is seen the same way in training and
+in serving.
+
+HEIC/HEIF photos (iPhones' default) are opened by pillow-heif (libheif), AVIF ones by Pillow itself. Both give
+their size from the file's header boxes (``ispe``) before any pixel is decoded, so the pixel limit applies as
+for every format. Colour profiles (ICC, and HEIF's nclx) are not applied, as for JPEG: the values are used as
+the file stores them, converted to 8-bit RGB.
 
 For serving, ``decode_for_model`` shrinks a large upload to the model's input size while it is still 8-bit
 (a JPEG is decoded at 1/2, 1/4 or 1/8 of its size by the codec itself), so the memory an upload costs follows
@@ -13,6 +19,7 @@ Truncated files fail: this module relies on Pillow's default ``ImageFile.LOAD_TR
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -24,10 +31,13 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-# Pillow formats we decode ("JPEG" also opens multi-picture MPO files: their first picture). Everything else
-# Pillow knows (PSD, EPS, TGA, JPEG 2000, AVIF, ...) is refused with 415 so that serving behaves the same
-# whatever optional codecs the machine happens to have.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
+# Pillow formats we decode ("JPEG" also opens multi-picture MPO files: their first picture; "HEIF" is
+# pillow-heif's, HEIC included). Everything else Pillow knows (PSD, EPS, TGA, JPEG 2000, ...) is refused with
+# 415 so that serving behaves the same whatever optional codecs the machine happens to have. AVIF comes before
+# HEIF: both claim files of the generic brand "mif1", and Pillow's AVIF plugin passes on HEVC-coded ones
+# cleanly, while libheif here has no AV1 decoder and would fail on an AVIF only when decoding it.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO", "AVIF", "HEIF")
+_ACCEPTED = ", ".join(ACCEPTED_FORMATS)  # as error messages list them
 
 # Formats Pillow cannot open but that clients plausibly send: recognised so they get 415, not 400.
 _FOREIGN_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
@@ -40,14 +50,19 @@ _FOREIGN_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 )
 
 # An ISO base media file (HEIF, AVIF, MP4, QuickTime...) starts with an "ftyp" box: a major brand and a list of
-# compatible brands. A file is named by the first family any of its brands belongs to (an AVIF or HEIC picture
-# also lists the generic HEIF brands "mif1"/"msf1"); one without a picture brand is a video or other media.
-_ISO_BMFF_FAMILIES: tuple[tuple[str, frozenset[bytes]], ...] = (
-    ("AVIF", frozenset({b"avif", b"avis", b"avio"})),
-    ("HEIC", frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})),
-    ("HEIF", frozenset({b"mif1", b"mif2", b"msf1", b"miaf"})),
+# compatible brands. A still picture is named by the first family any of its brands belongs to (an AVIF or HEIC
+# photo also lists the generic HEIF brands "mif1"/"miaf"); a file without such a brand is a video or other media.
+_ISO_BMFF_STILL_FAMILIES: tuple[tuple[str, frozenset[bytes]], ...] = (
+    ("AVIF", frozenset({b"avif"})),
+    ("HEIC", frozenset({b"heic", b"heix", b"heim", b"heis"})),
+    ("HEIF", frozenset({b"mif1", b"mif2", b"miaf"})),
 )
+# Major brands of image sequences (ISO/IEC 23008-12: HEVC "hevc"..., generic "msf1"; AVIF "avis"): a clip of
+# inter-coded frames, an animation or a burst, not a photo, so refused like a video. (A HEIF collection of
+# several stills is a still file: its primary picture is decoded, as an iPhone's photo with its extra images.)
+_ISO_BMFF_SEQUENCE_BRANDS = frozenset({b"avis", b"msf1", b"hevc", b"hevx", b"hevm", b"hevs"})
 _FTYP_HEADER_SIZE = 16  # box size, "ftyp", major brand, minor version; the compatible brands follow
+_ISO_BMFF_HEAD_SIZE = 1024  # as much of the ftyp box as is read: its brands come long before this
 
 _WHITE = (255, 255, 255)
 _UINT16_MAX = 65535
@@ -285,10 +300,25 @@ def _resampleable(image: Image.Image) -> Image.Image:
     return image.convert("L" if image.mode == "1" else "RGB")
 
 
+@functools.cache
+def register_heif_opener() -> None:
+    """Lets Pillow open HEIF/HEIC files through pillow-heif, once per process. ``_open`` calls it, so only code
+    that decodes images loads libheif (7 ms and 3 MiB on first use, on a 2-core AMD EPYC VM).
+
+    A HEIF photo's thumbnails, depth maps and auxiliary images are left unread: with thumbnails, ``draft`` would
+    hand over a separately coded, smaller picture instead of the photo, which training never sees.
+    """
+    import pillow_heif  # here, not at the top: importing this module (for ImageError, say) loads no codec
+
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+
 def _open(source: BinaryIO, *, max_pixels: int | None) -> Image.Image:
     """Identifies the format from the content and checks the pixel count; decodes no pixels."""
     if max_pixels is not None:
         _check_ico_pictures(source, max_pixels=max_pixels)
+    iso_family = _iso_media_still_family(source)
+    register_heif_opener()
     try:
         image = Image.open(source, formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:
@@ -296,19 +326,17 @@ def _open(source: BinaryIO, *, max_pixels: int | None) -> Image.Image:
             f"the image has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (the decoder's safety limit)"
         ) from None
     except UnidentifiedImageError:
-        claimed = _accepted_format_by_signature(source)
+        claimed = iso_family or _accepted_format_by_signature(source)
         if claimed is not None:
             raise NotAnImageError(f"the {claimed} image header is truncated or corrupt") from None
         foreign = _identify_foreign_format(source)
         if foreign is not None:
-            raise UnsupportedImageFormatError(
-                f"{foreign} files are not supported; send one of: {', '.join(ACCEPTED_FORMATS)}"
-            ) from None
-        raise NotAnImageError(
-            f"the data is not a readable image (supported formats: {', '.join(ACCEPTED_FORMATS)})"
-        ) from None
+            raise UnsupportedImageFormatError(f"{foreign} files are not supported; send one of: {_ACCEPTED}") from None
+        raise NotAnImageError(f"the data is not a readable image (supported formats: {_ACCEPTED})") from None
     except Exception as exc:  # the header of a known format ends early or is damaged: OSError, EOFError, ...
         raise NotAnImageError(f"the image header is truncated or corrupt ({exc})") from None
+    if image.format == "AVIF" and image.n_frames > 1:  # a sequence under a still picture's major brand ("mif1")
+        raise _image_sequence_error(f"this AVIF file holds {image.n_frames} frames")
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise TooManyPixelsError(
@@ -376,8 +404,6 @@ def _identify_foreign_format(source: BinaryIO) -> str | None:
     for offset, signature, name in _FOREIGN_SIGNATURES:
         if head[offset : offset + len(signature)] == signature:
             return name
-    if head[4:8] == b"ftyp":
-        return _iso_bmff_family(head)
     if _looks_like_svg(head):
         return "SVG"
     # Only plugins that check a signature: the others (TGA, ...) would claim random bytes.
@@ -391,16 +417,42 @@ def _identify_foreign_format(source: BinaryIO) -> str | None:
         return None
 
 
-def _iso_bmff_family(head: bytes) -> str:
-    """The family of an ISO base media file from the brands of its "ftyp" box (see ``_ISO_BMFF_FAMILIES``)."""
+def _iso_media_still_family(source: BinaryIO) -> str | None:
+    """The still-picture family ("AVIF", "HEIC" or "HEIF") of an ISO base media file, from the brands of its
+    "ftyp" box (see ``_ISO_BMFF_STILL_FAMILIES``), before any plugin parses it; None for other data.
+
+    Raises:
+        UnsupportedImageFormatError: an image sequence, or a file without a still picture (MP4, QuickTime...).
+        NotAnImageError: the ftyp box is cut short or malformed.
+    """
+    source.seek(0)
+    head = source.read(_ISO_BMFF_HEAD_SIZE)
+    source.seek(0)
+    if head[4:8] != b"ftyp":
+        return None
     (box_size,) = struct.unpack_from(">I", head)
+    if box_size < _FTYP_HEADER_SIZE or len(head) < min(box_size, _ISO_BMFF_HEAD_SIZE):
+        raise NotAnImageError("the ISO media (HEIF, AVIF, MP4...) header is truncated or corrupt")
     major = head[8:12]
-    compatible = head[_FTYP_HEADER_SIZE : min(box_size, len(head))]
+    compatible = head[_FTYP_HEADER_SIZE:box_size]
     brands = {major, *(compatible[i : i + 4] for i in range(0, len(compatible) - 3, 4))}
-    for family, family_brands in _ISO_BMFF_FAMILIES:
+    if major in _ISO_BMFF_SEQUENCE_BRANDS:
+        raise _image_sequence_error(f"this file's major brand is {major.decode('latin-1')!r}")
+    for family, family_brands in _ISO_BMFF_STILL_FAMILIES:
         if brands & family_brands:
             return family
-    return f"ISO media (brand {major.decode('latin-1')!r}: MP4, QuickTime, ...)"
+    raise UnsupportedImageFormatError(
+        f"ISO media files without a still picture (major brand {major.decode('latin-1')!r}: MP4, QuickTime, ...) "
+        f"are not supported; send one of: {_ACCEPTED}"
+    )
+
+
+def _image_sequence_error(evidence: str) -> UnsupportedImageFormatError:
+    """The refusal of an image sequence (animated AVIF, HEIF clip); ``evidence`` says how it was recognised."""
+    return UnsupportedImageFormatError(
+        f"image sequences (animated AVIF, HEIF clips) are not supported: {evidence}; send a still photo "
+        f"({_ACCEPTED})"
+    )
 
 
 def _looks_like_svg(head: bytes) -> bool:
@@ -410,7 +462,11 @@ def _looks_like_svg(head: bytes) -> bool:
 
 def _exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation (1 to 8); 1 when there is none or the EXIF block cannot be read (phones and editors
-    write malformed ones: the pixels are still good, so they are used as they are stored)."""
+    write malformed ones: the pixels are still good, so they are used as they are stored). 1 for HEIF: libheif
+    turns the picture by the file's own irot/imir boxes, which HEIF readers follow instead of EXIF's (an
+    iPhone writes both), and its size is the turned one."""
+    if image.format == "HEIF":
+        return 1
     # A PNG's getexif() decodes the pixels to look for an eXIf chunk after the image data; reading only the
     # header (not loaded yet), such a (rare) PNG counts as unrotated.
     if image.format == "PNG" and "exif" not in image.info and image.tile:

@@ -5,11 +5,13 @@ A model's whole configuration is a plain dict (``model_config``) that travels in
 ``build_detector_from_config(checkpoint["model_config"])`` rebuilds exactly the trained model.
 Nothing here reads files, flags or the environment: this module is packed into the model archive as is.
 
-Under autocast (float16 on a GPU) the convolutions and linear layers run in half precision, but everything
-that computes coordinates stays in float32: the feature maps (so the anchors), the RPN head's and the box
-predictor's outputs (so proposals, box decoding, NMS and the scaling back to the original image). In float16
+Under autocast (float16 on a GPU, bfloat16 on a CPU: ``handler/precision.py``) the convolutions and linear
+layers run in the reduced type, but everything that computes coordinates stays in float32: the feature maps
+(so the anchors), the RPN head's and the box predictor's outputs (so proposals, box decoding, NMS and the
+scaling back to the original image). In float16
 a coordinate near 13,000 steps by 8 px, and ``batched_nms`` shifts each class's boxes by ``label x (image size
 + 1)`` so they never overlap another class's: same-class boxes would be kept or suppressed by those 8 px.
+bfloat16 keeps 8 bits of mantissa, so there a coordinate near 400 already steps by 2 px.
 """
 
 from __future__ import annotations

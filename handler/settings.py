@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from .precision import CPU_PRECISIONS
 from .request_parsing import RequestError, parse_format, parse_threshold
 
 # Keys of the same section that TorchServe itself reads (``profile`` switches on its @timed decorator).
@@ -22,6 +23,8 @@ class ServingSettings:
         default_format: "dict" or "list", for requests that ask for neither.
         max_pixels: images with more pixels are refused before decoding; None means no limit.
         half_precision / channels_last: GPU speed-ups; ignored on CPU.
+        cpu_precision: "auto", "float32" or "bfloat16" on CPU (``handler/precision.py``); "auto" takes
+            bfloat16 where the CPU computes it natively, float32 elsewhere. Ignored on a GPU.
         torch_threads: threads of one CPU worker; None gives each worker its share of the cores
             (``handler/sizing.py``).
     """
@@ -31,6 +34,7 @@ class ServingSettings:
     default_format: str = "dict"
     max_pixels: int | None = 40_000_000
     half_precision: bool = False
+    cpu_precision: str = "auto"
     channels_last: bool = False
     torch_threads: int | None = None
 
@@ -64,4 +68,7 @@ def settings_from_config(section: Mapping[str, Any] | None) -> ServingSettings:
     for key in ("half_precision", "channels_last"):
         if not isinstance(values.get(key, False), bool):
             raise ValueError(f"handler section of the model config: {key} must be true or false, got {values[key]!r}")
+    if values.get("cpu_precision", "auto") not in CPU_PRECISIONS:
+        raise ValueError(f"handler section of the model config: cpu_precision must be one of "
+                         f"{', '.join(CPU_PRECISIONS)}, got {values['cpu_precision']!r}")
     return ServingSettings(**values)

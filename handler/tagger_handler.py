@@ -68,6 +68,7 @@ class TaggerHandler(BaseHandler):
             self.model_pt_path,
             device=self.device,
             half_precision=self.settings.half_precision,
+            cpu_precision=self.settings.cpu_precision,
             channels_last=self.settings.channels_last,
         )
         self.model = self.tagger.model

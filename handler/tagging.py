@@ -21,6 +21,7 @@ from torchvision.models.detection import FasterRCNN
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .decode import ModelImage, ModelInputSize, decode_for_model
+from .precision import autocast_dtype, reduced_precision
 from .text import error_line
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Tagger:
         class_names: ``class_names[i]`` names model label ``i + 1`` (label 0 is the background).
         device: where the model runs.
         half_precision: run in float16 autocast on CUDA (ignored on CPU).
+        cpu_precision: "float32", "bfloat16" (autocast) or "auto" (bfloat16 where the CPU computes it natively)
+            on CPU; ignored on CUDA (``handler/precision.py``).
         channels_last: the channels-last memory format for the weights and the batched input on CUDA (ignored
             on CPU).
     """
@@ -75,6 +78,7 @@ class Tagger:
         class_names: Sequence[str],
         device: str | torch.device = "cpu",
         half_precision: bool = False,
+        cpu_precision: str = "float32",
         channels_last: bool = False,
     ) -> None:
         outputs = model.roi_heads.box_predictor.cls_score.out_features
@@ -89,7 +93,8 @@ class Tagger:
             # torchvision's transform copies the images into a fresh (contiguous) batch; the backbone gets
             # that batch in the weights' memory format.
             self.model.backbone.register_forward_pre_hook(_channels_last_input)
-        self._half_precision = half_precision and on_gpu
+        self.autocast_dtype = autocast_dtype(self.device.type, half_precision=half_precision,
+                                             cpu_precision=cpu_precision)
         # Uploads are copied to the GPU from page-locked memory, without waiting for the copy.
         self._pin_memory = on_gpu
 
@@ -100,6 +105,7 @@ class Tagger:
         *,
         device: str | torch.device = "cpu",
         half_precision: bool = False,
+        cpu_precision: str = "float32",
         channels_last: bool = False,
     ) -> Tagger:
         """Rebuilds the model from an ``Epoch.N.pth`` file alone (read with ``weights_only=True``).
@@ -113,6 +119,7 @@ class Tagger:
             class_names=state["class_names"],
             device=device,
             half_precision=half_precision,
+            cpu_precision=cpu_precision,
             channels_last=channels_last,
         )
 
@@ -145,9 +152,7 @@ class Tagger:
         images = [image if isinstance(image, ModelImage) else ModelImage.of(image) for image in images]
         batch = [self._pad_thin(self._on_device(image.pixels)) for image in images]
         outputs: list[dict[str, torch.Tensor]] = [{}] * len(batch)
-        with torch.inference_mode(), torch.autocast(
-            device_type=self.device.type, dtype=torch.float16, enabled=self._half_precision
-        ):
+        with torch.inference_mode(), reduced_precision(self.device.type, self.autocast_dtype):
             for indices in self._model_calls(batch):
                 if before_each_call is not None:
                     before_each_call()

@@ -3,7 +3,8 @@
 ``python -m scripts.kserve_bundle [--checkpoint Epoch.N.pth | --model-dir model] [--output archive/kserve]``
 (the checkpoint is chosen as by ``make archive``: the named one, the newest ``Epoch.N.pth``, the demo model).
 
-KServe copies the InferenceService's ``storageUri`` to ``/mnt/models`` and its TorchServe runtime starts
+KServe makes the InferenceService's ``storageUri`` the pod's ``/mnt/models`` (a PVC's folder mounted read-only,
+a bucket's files downloaded by its storage initializer) and its TorchServe runtime starts
 ``torchserve --start --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties``.
 The bundle holds exactly that::
 
@@ -35,7 +36,7 @@ from scripts.make_archive import (
     MODEL_VERSION, ArchiveError, add_checkpoint_arguments, build_archive, checkpoint_to_pack,
 )
 
-# Where KServe's storage initializer puts the storageUri's files, and the runtime's paths below it.
+# Where KServe mounts the storageUri's files, and the runtime's paths below it.
 MOUNT = "/mnt/models"
 CONFIG_DIR = "config"
 MODEL_STORE_DIR = "model-store"
@@ -58,11 +59,12 @@ KSERVE_SETTINGS: dict[str, tuple[str | None, str]] = {
         "KServe's model server asks here whether the model is ready (its own gRPC port is 8081).",
     ),
     "metrics_address": (
-        "http://127.0.0.1:8082",
-        "TorchServe's and the handler's metrics, on the pod's loopback: KServe's metric aggregation "
-        "(serving.kserve.io/enable-metric-aggregation) has queue-proxy, in the same pod, scrape them there and "
-        "serve them with its own on port 9088. Loopback keeps TorchServe's Netty 4.1.53, which has no key on "
-        "this port, off the pod network.",
+        "http://0.0.0.0:8082",
+        "TorchServe's and the handler's metrics, on the pod's address: Prometheus scrapes them here in the "
+        "Serverless and the RawDeployment mode alike (the InferenceService's prometheus.io annotations). "
+        "KServe's metric aggregation would need its qpext queue-proxy, which RawDeployment pods lack. The port "
+        "has no key (TorchServe's Netty 4.1.53): deploy/kserve/metrics-networkpolicy.yaml admits it from the "
+        "monitoring namespace only.",
     ),
     "model_store": (f"{MOUNT}/{MODEL_STORE_DIR}", "Where KServe puts the storageUri's model-store/."),
     "metrics_config": (f"{MOUNT}/{CONFIG_DIR}/{METRICS_FILE}", "The metric declarations of this bundle."),

@@ -42,6 +42,8 @@ from ts.model_server import TS_NAMESPACE
 from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_keys
 from handler.core_sharing import sweep_stale_records
+from handler.precision import describe_cpu_precision
+from handler.settings import settings_from_config
 from handler.sizing import WorkerLayout, configured_workers, cpu_cores, worker_layout
 from handler.text import shorten
 from project import LOG_CONFIG, SERVE_DIR, SERVER_CONFIG
@@ -504,6 +506,15 @@ def served_layout(config: ServerConfig, keys: TorchServeKeys) -> WorkerLayout:
     return replace(handler_layout, workers=len(workers))
 
 
+def served_precision(config: ServerConfig, layout: WorkerLayout) -> str:
+    """What the workers compute in: the archive's ``handler`` settings read with the handler's own defaults
+    and, on a CPU, the rule of ``handler/precision.py`` applied to this machine's CPU."""
+    settings = settings_from_config(packed_model_config(config.archive).get("handler"))
+    if layout.gpus:
+        return "float16 autocast (handler.half_precision)" if settings.half_precision else "float32"
+    return describe_cpu_precision(settings.cpu_precision)
+
+
 def _serve(config_file: Path, timeout: float, *, start_dir: Path) -> int:
     key_file = start_dir / KEY_FILE
     config = read_server_config(config_file, start_dir=start_dir)
@@ -522,14 +533,15 @@ def _serve(config_file: Path, timeout: float, *, start_dir: Path) -> int:
     wait_until_ready(config, key_file=key_file, server=server, timeout=timeout, log_dir=start_dir / CONSOLE_LOG.parent)
     start_watchdog(config_file, start_dir=start_dir)  # kept if one already watches this server
     keys = read_keys(key_file)
-    _print_usage(config, keys, served_layout(config, keys), time.monotonic() - began,
-                 source=read_archive_source(config.archive), start_dir=start_dir)
+    layout = served_layout(config, keys)
+    _print_usage(config, keys, layout, time.monotonic() - began, source=read_archive_source(config.archive),
+                 start_dir=start_dir, precision=served_precision(config, layout))
     return 0
 
 
 def _print_usage(
     config: ServerConfig, keys: TorchServeKeys, layout: WorkerLayout, seconds: float, *, source: ArchiveSource | None,
-    start_dir: Path,
+    start_dir: Path, precision: str,
 ) -> None:
     """What is served and how to call it. The key itself is not printed (terminal logs, screen shares): the curl
     line reads it from the key file when it runs.
@@ -537,6 +549,7 @@ def _print_usage(
     Args:
         source: the checkpoint the archive was packed from (None: an archive without the record).
         start_dir: the folder TorchServe started in (its key file and logs).
+        precision: what the workers compute in (``served_precision``).
     """
     url, key_file = config.predictions_url, start_dir / KEY_FILE
     examples = sorted(Path("data/synthetic/JPEGImages").glob("*.jpg"))[:1]
@@ -547,6 +560,7 @@ def _print_usage(
     print(f"Checkpoint: {source.describe()}, packed in {config.archive}." if source is not None else
           f"Checkpoint: unknown, {config.archive} has no {SOURCE_RECORD} (`make archive` rebuilds it with one).")
     print(f"Workers: {layout.describe()}; set minWorkers/maxWorkers in model/model-config.yaml to change.")
+    print(f"Precision: {precision}; handler.cpu_precision and handler.half_precision in model/model-config.yaml.")
     print(f'  curl -H "Authorization: Bearer $({read_key})" -F data=@{image} {url}')
     print(f"  python -m client.tag {image} --draw out/")
     expires = keys.inference_expires.astimezone().strftime("%H:%M")

@@ -3,12 +3,14 @@
 KServe's ``kserve-torchserve`` runtime (config/runtimes/kserve-torchserve.yaml in kserve's sources) and its
 controller (``SetTorchServeDefaults``) make every such pod:
 
-- a network namespace of its own: TorchServe on the bundle's fixed ports (8085 on loopback, metrics 8082),
-  KServe's model server on 8080/8081, reached from outside at the pod's address;
-- the bundle at ``/mnt/models``, written there by the storage initializer (read-only to the server);
+- a network namespace of its own: TorchServe on the bundle's fixed ports (8085 on loopback, metrics 8082 on
+  the pod's address, where Prometheus scrapes it), KServe's model server on 8080/8081, reached from outside
+  at the pod's address;
+- the bundle at ``/mnt/models``, read-only: a PVC's folder mounted as it is, or what the storage initializer
+  downloaded from a bucket;
 - ``runAsUser: 1000``, non-root, no privilege escalation;
-- ``TS_SERVICE_ENVELOPE`` = ``kserve`` (protocol v1, the default) or ``kservev2`` (v2), from the label the
-  controller always sets, and ``PROTOCOL_VERSION`` = the InferenceService's ``protocolVersion``;
+- ``TS_SERVICE_ENVELOPE`` = ``kserve`` (protocol v1, the default) or ``kservev2`` (v2 and grpc-v2), from the
+  label the controller always sets, and ``PROTOCOL_VERSION`` = the InferenceService's ``protocolVersion``;
 - ``torchserve --start --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties``
   (the runtime's args), given to the image's entrypoint (``deploy/kserve/entrypoint.sh``), which then starts
   KServe's model server in front (``deploy/kserve/model_server.py``).
@@ -50,33 +52,11 @@ RUNTIME_COMMAND = [
 ]
 RUNTIME_UID = 1000
 POD_HOME = "/home/model-server"  # the image's user and working folder
-# The controller's serviceEnvelope label for each protocolVersion, passed on as TS_SERVICE_ENVELOPE.
-SERVICE_ENVELOPES = {"v1": "kserve", "v2": "kservev2"}
+# The controller's serviceEnvelope label for each protocolVersion, passed on as TS_SERVICE_ENVELOPE
+# (SetTorchServeDefaults, pkg/apis/serving/v1beta1/inference_service_defaults.go).
+SERVICE_ENVELOPES = {"v1": "kserve", "v2": "kservev2", "grpc-v2": "kservev2"}
 MODEL_SERVER_PORT = 8080
-TORCHSERVE_METRICS_PORT = 8082
-# KServe's metric aggregation: queue-proxy, in the pod, scrapes TorchServe's metrics on the pod's loopback and
-# serves them on this port of the pod's address. The pod plays that scraper's part (forwarding only: it is
-# where the scraper runs that the bundle's loopback address is about).
-AGGREGATED_METRICS_PORT = 9088
-QUEUE_PROXY_UID = 65532  # Knative's queue-proxy image runs as this non-root user
-SCRAPER = f"""
-import http.server, urllib.request
-
-class Scrape(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        with urllib.request.urlopen("http://127.0.0.1:{TORCHSERVE_METRICS_PORT}/metrics", timeout=30) as answer:
-            body, kind = answer.read(), answer.headers["Content-Type"]
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer(("0.0.0.0", {AGGREGATED_METRICS_PORT}), Scrape).serve_forever()
-"""
+METRICS_PORT = 8082  # the bundle's metrics_address port, which the InferenceServices' prometheus.io/port names
 
 
 def missing_requirements() -> str | None:
@@ -106,29 +86,26 @@ class Pod:
 
     @property
     def metrics_url(self) -> str:
-        """TorchServe's metrics as the cluster's Prometheus reads them: from the scraper in the pod."""
-        return f"http://{self.address}:{AGGREGATED_METRICS_PORT}/metrics"
-
-    @property
-    def torchserve_metrics_url(self) -> str:
-        """TorchServe's own metrics port at the pod's address (the bundle binds it to loopback)."""
-        return f"http://{self.address}:{TORCHSERVE_METRICS_PORT}/metrics"
+        """TorchServe's metrics as the cluster's Prometheus reads them: at the pod's address."""
+        return f"http://{self.address}:{METRICS_PORT}/metrics"
 
     def log(self, name: str) -> str:
         path = self.home / "logs" / name
         return path.read_text(errors="replace") if path.is_file() else ""
 
     def processes(self) -> list[int]:
-        """The pids of the pod's kserve-container: its network namespace's, less queue-proxy's scraper."""
+        """The pids of the pod's kserve-container: its network namespace's."""
         listed = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
-        return [int(pid) for pid in listed.stdout.split() if _owner(int(pid)) != QUEUE_PROXY_UID]
+        return [int(pid) for pid in listed.stdout.split()]
 
 
-def _owner(pid: int) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None  # gone
+class PodExited(RuntimeError):
+    """The container's main process (KServe's model server) ended before the model was ready."""
+
+    def __init__(self, *, returncode: int, console: str):
+        super().__init__(f"the pod's servers exited with status {returncode}:\n{console[-3000:]}")
+        self.returncode = returncode
+        self.console = console
 
 
 def _run(*command: str) -> None:
@@ -185,7 +162,7 @@ def kserve_pod(bundle: Path, *, protocol: str, index: int, torchserve_python: Pa
 
     Args:
         bundle: the folder `make kserve-bundle` wrote (mounted read-only at /mnt/models).
-        protocol: the InferenceService's protocolVersion, "v1" or "v2".
+        protocol: the InferenceService's protocolVersion: "v1", "v2" or "grpc-v2".
         index: a small number that keeps this pod's names and addresses apart from other pods'.
         torchserve_python: the interpreter whose environment holds TorchServe and the handler's packages.
     """
@@ -227,10 +204,6 @@ def kserve_pod(bundle: Path, *, protocol: str, index: int, torchserve_python: Pa
         )
         pod = Pod(name=name, address=f"{subnet}.2", protocol=protocol, home=home)
         _wait_until_ready(pod, launcher)
-        subprocess.Popen(["ip", "netns", "exec", name, "setpriv", f"--reuid={QUEUE_PROXY_UID}",
-                          f"--regid={QUEUE_PROXY_UID}", "--clear-groups", sys.executable, "-c", SCRAPER],
-                         stdout=console, stderr=console)
-        _wait_until_scraped(pod)
         yield pod
     finally:
         _stop(name)
@@ -239,11 +212,16 @@ def kserve_pod(bundle: Path, *, protocol: str, index: int, torchserve_python: Pa
 
 
 def _wait_until_ready(pod: Pod, launcher: subprocess.Popen, timeout: float = 300) -> None:
-    """Waits for KServe's model server to say the model is ready (v1 ``GET /v1/models/<name>``)."""
+    """Waits for KServe's model server to say the model is ready (v1 ``GET /v1/models/<name>``).
+
+    Raises:
+        PodExited: the model server ended first (the launcher runs it in the end, by ``exec``).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if launcher.poll() is not None:
-            raise RuntimeError(f"the pod's servers exited:\n{(pod.home / 'pod-console.log').read_text()[-3000:]}")
+            raise PodExited(returncode=launcher.returncode,
+                            console=(pod.home / "pod-console.log").read_text(errors="replace"))
         try:
             if requests.get(f"{pod.model_server_url}/v1/models/tagger", timeout=2).json().get("ready"):
                 return
@@ -251,19 +229,6 @@ def _wait_until_ready(pod: Pod, launcher: subprocess.Popen, timeout: float = 300
             pass
         time.sleep(0.5)
     raise TimeoutError(f"the pod was not ready after {timeout} s:\n{pod.log('ts_log.log')[-3000:]}")
-
-
-def _wait_until_scraped(pod: Pod, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(pod.metrics_url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the pod's scraper did not serve {pod.metrics_url} in {timeout} s")
-        time.sleep(0.2)
 
 
 def _stop(name: str) -> None:

@@ -336,11 +336,12 @@ def test_an_image_the_model_fails_on_is_answered_500_alone(service):
 
 
 def test_files_people_have_are_answered_by_what_they_are(service):
-    """A malformed EXIF block is tagged unrotated; HEIF brands are 415; a cut header is the decoder's own 400."""
+    """A malformed EXIF block is tagged unrotated; HEIF and AVIF image sequences are 415; a cut header is the
+    decoder's own 400."""
     photo = Image.effect_noise((60, 40), 60).convert("RGB")
     replies = ask(service, [
         raw(malformed_exif_png(photo), "image/png"),
-        raw(ftyp(b"heis", b"mif1", b"heis"), "image/heic"),
+        raw(ftyp(b"msf1", b"msf1", b"hevc"), "image/heic"),
         raw(ftyp(b"avis", b"avif", b"avis", b"msf1"), "image/avif"),
         raw(b"\x00\x00\x01\x00\x01", "image/x-icon"),
         raw(b"P6 4 4\n", "image/x-portable-pixmap"),

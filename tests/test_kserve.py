@@ -5,12 +5,18 @@ The pod (tests/kserve_pod.py) is what KServe's TorchServe runtime always makes: 
 the bundle read-only at /mnt/models, uid 1000, the runtime's command, TS_SERVICE_ENVELOPE and
 PROTOCOL_VERSION as the controller sets them for protocolVersion v1 and v2, and KServe's own Python model
 server (the ``kserve`` package of the runtime's image, in .venv-kserve) in front on port 8080. Requests reach
-the model server at the pod's address, as the cluster's ingress sends them.
+the model server at the pod's address, as the cluster's ingress sends them, and Prometheus reads the metrics
+there.
+
+What KServe's controller and pod webhook make of the InferenceServices is checked by ports of their Go rules
+(kserve v0.20.0; on this recipe's fields they act the same since v0.13): the image's tag (``update_image_tag``) and the
+Prometheus annotations (``pod_prometheus_annotations``).
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import sys
@@ -32,16 +38,39 @@ from scripts.kserve_bundle import POD_WORKERS, get_args_parser, pod_model_config
 from scripts.model_archive import MANIFEST, packed_model_config, read_member
 from scripts.serve import java_home
 from tests.kserve_pod import (
-    KSERVE_MOUNT, MODEL_SERVER_PORT, RUNTIME_COMMAND, RUNTIME_UID, SERVICE_ENVELOPES, Pod, kserve_pod,
-    missing_requirements,
+    KSERVE_MOUNT, METRICS_PORT, MODEL_SERVER_PORT, RUNTIME_COMMAND, RUNTIME_UID, SERVICE_ENVELOPES, Pod,
+    PodExited, kserve_pod, missing_requirements,
 )
 from tests.test_metrics import metrics_when
 from tests.test_serving import BATCH_LINE, CALL_TIMEOUT_S, answers_to_queued, scene
 
 INFERENCE_SERVICES = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
+METRICS_POLICY = ROOT / "deploy" / "kserve" / "metrics-networkpolicy.yaml"
 DOCKERFILE = ROOT / "deploy" / "kserve" / "Dockerfile"
 KSERVE_MODEL_SERVER_PORTS = {MODEL_SERVER_PORT, 8081}
 BATCH_SIZE = yaml.safe_load(MODEL_CONFIG.read_text())["batchSize"]
+# KServe's TorchServe ClusterServingRuntime (config/runtimes/kserve-torchserve.yaml): its name, which is also
+# the runtime KServe picks for modelFormat pytorch where nothing else auto-selects it, and its annotations.
+TORCHSERVE_RUNTIME = "kserve-torchserve"
+SERVER_TYPE_ANNOTATION = "serving.kserve.io/server-type"
+TORCHSERVE_RUNTIME_ANNOTATIONS = {SERVER_TYPE_ANNOTATION: "torchserve"}
+
+# UpdateImageTag's tag pattern, `(:([\w.\-_]*))$` in Go: RE2's \w is ASCII and its $ the end of the text.
+IMAGE_TAG = re.compile(r"(:([\w.\-_]*))\Z", re.ASCII)
+# GetServerTypeFromRuntimeName (pkg/constants/constants.go): server types of the built-in runtimes' names.
+SERVER_TYPES_BY_RUNTIME = {
+    "kserve-mlserver": "mlserver", "kserve-torchserve": "torchserve", "kserve-tritonserver": "tritonserver",
+    "kserve-tensorflow-serving": "tensorflow-serving", "kserve-huggingfaceserver": "huggingfaceserver",
+    "kserve-vllmserver": "vllmserver",
+}
+# The server types whose GPU image KServe takes to be the same image with "-gpu" after the tag.
+GPU_TAGGED_SERVER_TYPES = ("tensorflow-serving", "torchserve", "huggingfaceserver")
+
+# InjectMetricsAggregator's annotations and ports (pkg/constants/constants.go).
+ENABLE_METRIC_AGGREGATION = "serving.kserve.io/enable-metric-aggregation"
+ENABLE_PROMETHEUS_SCRAPING = "serving.kserve.io/enable-prometheus-scraping"
+QUEUE_PROXY_AGGREGATE_METRICS_PORT = "9088"
+QUEUE_PROXY_METRICS_PORT = "9091"
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +93,91 @@ def pod(request, bundle) -> Pod:
     with kserve_pod(bundle, protocol=request.param, index=["v1", "v2"].index(request.param) + 1,
                     torchserve_python=Path(sys.executable)) as running:
         yield running
+
+
+def inference_services() -> list[dict]:
+    return list(yaml.safe_load_all(INFERENCE_SERVICES.read_text()))
+
+
+def is_gpu_enabled(limits: dict[str, str]) -> bool:
+    """IsGPUEnabled (pkg/utils/utils.go): a limit on nvidia.com/gpu or on a resource named nvidia.com/mig*."""
+    return "nvidia.com/gpu" in limits or any(name.startswith("nvidia.com/mig") for name in limits)
+
+
+def update_image_tag(image: str, *, limits: dict[str, str], runtime_version: str | None,
+                     serving_runtime: str | None, runtime_annotations: dict[str, str]) -> str:
+    """The predictor container's image after UpdateImageTag (pkg/controller/v1beta1/inferenceservice/utils/
+    utils.go), which buildPodSpec calls on the runtime's container merged with the InferenceService's.
+
+    Args:
+        image: the merged container's image (the InferenceService's ``image``, else the runtime's).
+        limits: the merged container's resources.limits.
+        runtime_version: the InferenceService's ``runtimeVersion``.
+        serving_runtime: the runtime's name (``runtime``, or the one KServe picked).
+        runtime_annotations: the runtime's metadata.annotations.
+    """
+    if "@sha256:" in image:
+        return image
+    if runtime_version is not None:
+        if not IMAGE_TAG.search(image):
+            return image + ":" + runtime_version
+        return IMAGE_TAG.sub(lambda _: ":" + runtime_version, image)
+    server_type = runtime_annotations.get(SERVER_TYPE_ANNOTATION, "")
+    if server_type == "" and serving_runtime is not None:
+        server_type = SERVER_TYPES_BY_RUNTIME.get(serving_runtime, "")
+    if server_type == "":
+        return image
+    found = IMAGE_TAG.search(image)
+    if found is None:
+        return image
+    tag = found.group(0)
+    image_without_tag = image[:-len(tag)]
+    if is_gpu_enabled(limits):
+        if server_type in GPU_TAGGED_SERVER_TYPES and not image.endswith("-gpu"):
+            return image + "-gpu"
+    elif server_type == "vllmserver" and not image_without_tag.endswith("-cpu"):
+        return image_without_tag + "-cpu" + tag
+    return image
+
+
+def pod_image(model: dict) -> str:
+    """The image a pod of this predictor model pulls. The runtime is KServe's TorchServe one, pinned or picked;
+    its own limits name no GPU, so the model's decide."""
+    return update_image_tag(model["image"], limits=model["resources"]["limits"],
+                            runtime_version=model.get("runtimeVersion"),
+                            serving_runtime=model.get("runtime", TORCHSERVE_RUNTIME),
+                            runtime_annotations=TORCHSERVE_RUNTIME_ANNOTATIONS)
+
+
+def built_images() -> set[str]:
+    """The images README's `docker build` commands make from deploy/kserve/Dockerfile."""
+    readme = (ROOT / "README.md").read_text()
+    return set(re.findall(r"docker build -f deploy/kserve/Dockerfile -t (\S+) \.", readme))
+
+
+def pod_prometheus_annotations(annotations: dict[str, str], *, cluster_aggregation: str,
+                               cluster_scraping: str) -> dict[str, str]:
+    """A pod's annotations after InjectMetricsAggregator (pkg/webhook/admission/pod/
+    metrics_aggregate_injector.go), which KServe's pod webhook runs in both deployment modes.
+
+    Args:
+        annotations: the InferenceService's (KServe copies them to its pods).
+        cluster_aggregation, cluster_scraping: the cluster's defaults for the two annotations
+            (inferenceservice-config, metricsAggregator).
+    """
+    pod = dict(annotations)
+    aggregation = pod.setdefault(ENABLE_METRIC_AGGREGATION, cluster_aggregation)
+    if pod.setdefault(ENABLE_PROMETHEUS_SCRAPING, cluster_scraping) == "true":
+        aggregated = aggregation == "true"
+        pod["prometheus.io/port"] = QUEUE_PROXY_AGGREGATE_METRICS_PORT if aggregated else QUEUE_PROXY_METRICS_PORT
+        pod["prometheus.io/path"] = "/metrics"
+    return pod
+
+
+def tcp_ports(rule: dict) -> set[int]:
+    """The TCP ports a NetworkPolicy ingress rule admits (``port`` up to ``endPort``)."""
+    assert all(entry["protocol"] == "TCP" for entry in rule["ports"]), rule
+    return {port for entry in rule["ports"] for port in range(entry["port"], entry.get("endPort", entry["port"]) + 1)}
 
 
 def v1_body(image: bytes, **options) -> dict:
@@ -105,11 +219,13 @@ def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):
     metrics_config = Path(bundle_config["metrics_config"])
     assert (bundle / metrics_config.relative_to(KSERVE_MOUNT)).read_text() == (ROOT / "metrics.yaml").read_text()
 
-    # TorchServe's addresses stay inside the pod, off the ports of KServe's model server; metrics are scraped.
+    # TorchServe's addresses stay inside the pod, off the ports of KServe's model server; metrics are scraped
+    # at the pod's address (metrics-networkpolicy.yaml fences them).
     inference, management = urlparse(bundle_config["inference_address"]), urlparse(bundle_config["management_address"])
     assert inference.hostname == management.hostname == "127.0.0.1" and inference.port == management.port
     assert inference.port not in KSERVE_MODEL_SERVER_PORTS
-    assert urlparse(bundle_config["metrics_address"]).hostname == "127.0.0.1"  # for queue-proxy, in the pod
+    metrics = urlparse(bundle_config["metrics_address"])
+    assert (metrics.hostname, metrics.port) == ("0.0.0.0", METRICS_PORT)
     assert bundle_config["metrics_mode"] == "prometheus"
     # The decisions the README explains: no keys (the ingress authenticates), no model API, no TS envelope
     # (and no TS_* variable, such as the runtime's TS_SERVICE_ENVELOPE, can set one).
@@ -149,35 +265,36 @@ def test_a_pod_runs_the_workers_its_model_config_names_or_one():
             pod_model_config(pair)
 
 
-def test_the_raw_deployment_metrics_policy_admits_the_metrics_port_from_one_namespace(bundle_config):
-    """deploy/kserve/metrics-networkpolicy.yaml, for a bundle whose metrics_address is opened to the pod network."""
-    policy = yaml.safe_load((ROOT / "deploy" / "kserve" / "metrics-networkpolicy.yaml").read_text())
+def test_the_metrics_policy_fences_the_metrics_port_alone_in_either_mode(bundle_config):
+    """deploy/kserve/metrics-networkpolicy.yaml: the keyless metrics port from one namespace, every other TCP port
+    (Serverless: queue-proxy's, RawDeployment: the model server's) from anywhere, for both InferenceServices."""
+    policy = yaml.safe_load(METRICS_POLICY.read_text())
     assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    (selector,) = policy["spec"]["podSelector"]["matchExpressions"]
+    assert (selector["key"], selector["operator"]) == ("serving.kserve.io/inferenceservice", "In")
+    assert set(selector["values"]) == {service["metadata"]["name"] for service in inference_services()}
     metrics_port = urlparse(bundle_config["metrics_address"]).port
-    admitting = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
-    assert admitting.keys() == {metrics_port, MODEL_SERVER_PORT}
-    (source,) = admitting[metrics_port]
-    assert set(source) == {"namespaceSelector"}  # from one namespace, not from every pod
+    rules = policy["spec"]["ingress"]
+    from_anywhere = set().union(*(tcp_ports(rule) for rule in rules if "from" not in rule))
+    assert from_anywhere == set(range(1, 65536)) - {metrics_port}
+    (fenced,) = [rule for rule in rules if "from" in rule]
+    (source,) = fenced["from"]
+    assert tcp_ports(fenced) == {metrics_port} and set(source) == {"namespaceSelector"}  # one namespace's pods
 
 
 def test_inference_services_fit_the_bundle_and_the_image(bundle_config):
-    services = list(yaml.safe_load_all(INFERENCE_SERVICES.read_text()))
+    services = inference_services()
     assert [s["kind"] for s in services] == ["InferenceService"] * 2
-    metrics_port = str(urlparse(bundle_config["metrics_address"]).port)
     bundle_folder = get_args_parser().get_default("output").name  # archive/kserve -> "kserve"
     gpus = []
     for service in services:
-        metadata, predictor = service["metadata"], service["spec"]["predictor"]
+        predictor = service["spec"]["predictor"]
         model = predictor["model"]
-        annotations = metadata["annotations"]
-        # TorchServe's metrics reach Prometheus through queue-proxy's aggregation, which scrapes this port.
-        assert annotations["serving.kserve.io/enable-metric-aggregation"] == "true"
-        assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
-        assert annotations["prometheus.kserve.io/port"] == metrics_port
-        assert annotations["prometheus.kserve.io/path"] == "/metrics"
-        assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] in ("v1", "v2")
+        # KServe's TorchServe runtime, pinned: a namespace's runtime that auto-selects pytorch comes first.
+        assert model["modelFormat"]["name"] == "pytorch" and model["runtime"] == TORCHSERVE_RUNTIME
+        assert model["protocolVersion"] in ("v1", "v2")  # grpc-v2 is refused at start
         # The image of deploy/kserve/Dockerfile, tagged with the pinned TorchServe, in place of the runtime's.
-        assert "runtimeVersion" not in model and model["image"].rsplit(":", 1)[1] == TORCHSERVE_VERSION
+        assert model["image"].rsplit(":", 1)[1] == TORCHSERVE_VERSION
         storage = urlparse(model["storageUri"])
         assert storage.scheme in ("pvc", "gs", "s3") and Path(storage.path).name == bundle_folder
         assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
@@ -191,6 +308,63 @@ def test_inference_services_fit_the_bundle_and_the_image(bundle_config):
     copied = [path for line in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M) for path in line.split()]
     assert copied and all((ROOT / path).is_file() for path in copied), copied
     assert "requirements-serving.txt" in copied and "deploy/kserve/requirements-model-server.txt" in copied
+
+
+# Scenarios of KServe's own TestUpdateImageTag (pkg/controller/v1beta1/inferenceservice/utils/utils_test.go),
+# which the port must reproduce: image, GPU limit, runtimeVersion, runtime, runtime annotations, image after.
+@pytest.mark.parametrize("image, gpu, runtime_version, runtime, annotations, expected", [
+    pytest.param("tfserving", False, "2.6.2", "kserve-tensorflow-serving", {}, "tfserving:2.6.2",
+                 id="UpdateRuntimeVersion"),
+    pytest.param("tfserving:1.14.0", True, None, "kserve-tensorflow-serving", {}, "tfserving:1.14.0-gpu",
+                 id="UpdateTFServingGPUImageTag"),
+    pytest.param("localhost:8888/tfserving:1.14.0", True, None, "kserve-tensorflow-serving", {},
+                 "localhost:8888/tfserving:1.14.0-gpu", id="UpdateGPUImageTagWithProxy"),
+    pytest.param("localhost:8888/tfserving", False, "2.6.2", "kserve-tensorflow-serving", {},
+                 "localhost:8888/tfserving:2.6.2", id="UpdateRuntimeVersionWithProxy"),
+    pytest.param("localhost:8888/tfserving:1.2.3", False, "2.6.2", "kserve-tensorflow-serving", {},
+                 "localhost:8888/tfserving:2.6.2", id="UpdateRuntimeVersionWithProxyAndTag"),
+    pytest.param("huggingfaceserver@sha256:abcdef1234567890", False, "2.6.2", "kserve-tensorflow-serving", {},
+                 "huggingfaceserver@sha256:abcdef1234567890", id="DoNotUpdateWhenDigestSpecified"),
+    pytest.param("vllm/vllm-openai:latest", True, None, "kserve-vllmserver", {}, "vllm/vllm-openai:latest",
+                 id="VLLMServerGPUKeepsDefaultImage"),
+    pytest.param("localhost:8888/vllm/vllm-openai:v0.5.0", False, None, "kserve-vllmserver", {},
+                 "localhost:8888/vllm/vllm-openai-cpu:v0.5.0", id="VLLMServerCPUWithProxyRewritesImageName"),
+    pytest.param("huggingfaceserver:1.14.0", True, None, "my-custom-hf",
+                 {SERVER_TYPE_ANNOTATION: "huggingfaceserver"}, "huggingfaceserver:1.14.0-gpu",
+                 id="HuggingFaceServerGPUViaAnnotationForCustomRuntime"),
+    pytest.param("vllm/vllm-openai:latest", False, None, "my-custom-vllm", {}, "vllm/vllm-openai:latest",
+                 id="UnknownRuntimeWithoutAnnotationIsLeftAlone"),
+])
+def test_the_image_tag_rule_is_kserves(image, gpu, runtime_version, runtime, annotations, expected):
+    limits = {"nvidia.com/gpu": "1"} if gpu else {"cpu": "2", "memory": "4Gi"}
+    assert update_image_tag(image, limits=limits, runtime_version=runtime_version, serving_runtime=runtime,
+                            runtime_annotations=annotations) == expected
+
+
+def test_each_inference_service_pulls_the_image_that_is_built():
+    """KServe appends "-gpu" to a TorchServe image's tag where the limits name a GPU, unless runtimeVersion names
+    the tag: the GPU variant names it, so both variants pull the one image README builds."""
+    built = built_images()
+    assert built, "README has no `docker build -f deploy/kserve/Dockerfile -t <image> .`"
+    for service in inference_services():
+        model = service["spec"]["predictor"]["model"]
+        assert pod_image(model) in built, (service["metadata"]["name"], pod_image(model), built)
+        if is_gpu_enabled(model["resources"]["limits"]):  # what runtimeVersion prevents
+            without_version = {key: value for key, value in model.items() if key != "runtimeVersion"}
+            assert pod_image(without_version) == model["image"] + "-gpu"
+
+
+@pytest.mark.parametrize("cluster_aggregation, cluster_scraping", itertools.product(["false", "true"], repeat=2))
+def test_prometheus_is_sent_to_the_metrics_port_whatever_the_clusters_defaults(
+        bundle_config, cluster_aggregation, cluster_scraping):
+    """KServe's pod webhook leaves the InferenceServices' prometheus.io annotations as they are, in both modes,
+    so Prometheus scrapes TorchServe's port itself (no queue-proxy or qpext needed)."""
+    metrics_port = str(urlparse(bundle_config["metrics_address"]).port)
+    for service in inference_services():
+        pod = pod_prometheus_annotations(service["metadata"]["annotations"], cluster_aggregation=cluster_aggregation,
+                                         cluster_scraping=cluster_scraping)
+        assert pod["prometheus.io/scrape"] == "true" and pod["prometheus.io/path"] == "/metrics"
+        assert pod["prometheus.io/port"] == metrics_port == str(METRICS_PORT), service["metadata"]["name"]
 
 
 def predict(pod: Pod, image: bytes, **options) -> requests.Response:
@@ -304,12 +478,25 @@ def test_the_pod_runs_as_kserve_runs_it(pod):
     assert "Permission denied" not in log and "[ERROR]" not in log, log[-2000:]
 
 
-def test_metrics_are_scraped_in_the_pod_and_fenced_from_the_pod_network(pod):
+def test_prometheus_reads_the_metrics_at_the_pods_address(pod):
+    """Where the InferenceServices' prometheus.io annotations send Prometheus: the pod's address, port 8082."""
     tagger_response(pod, predict(pod, scene(7002)[0]))
     (java,) = [process for process in pod_processes(pod) if process.name() == "java"]
-    # The worker's metric lines reach TorchServe just after the answer; the scraper in the pod serves them.
+    # The worker's metric lines reach TorchServe just after the answer.
     metrics = metrics_when(pod.metrics_url, java, {"TaggerImages": 1})
     assert metrics.value("ts_inference_requests_total", model_name="tagger") >= 1
-    # TorchServe's own metrics port, keyless, is not on the pod network: nothing outside the pod reaches it.
-    with pytest.raises(requests.ConnectionError):
-        requests.get(pod.torchserve_metrics_url, timeout=10)
+
+
+def test_a_grpc_v2_service_stops_at_start_with_one_line(bundle):
+    """protocolVersion grpc-v2: KServe's model server would send every call over gRPC to TorchServe's HTTP port,
+    so it ends at start, and with it the container, saying why in one line (what `kubectl logs` shows)."""
+    why_not = missing_requirements()
+    if why_not:
+        pytest.skip(why_not)
+    with pytest.raises(PodExited) as exited:
+        with kserve_pod(bundle, protocol="grpc-v2", index=3, torchserve_python=Path(sys.executable)):
+            pass
+    assert exited.value.returncode == 1, exited.value
+    (line,) = [line for line in exited.value.console.splitlines() if line.startswith("model_server:")]
+    assert line.startswith("model_server: protocolVersion grpc-v2 is not served") and "v1, v2" in line, line
+    assert "Traceback" not in exited.value.console, exited.value

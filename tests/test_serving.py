@@ -35,6 +35,8 @@ from PIL import Image
 from client.config import read_properties
 from client.keys import KEY_FILE, TorchServeKeys, bearer, read_keys
 from client.tag import tag_images
+from handler.decode import register_heif_opener
+from handler.precision import describe_cpu_precision
 from handler.sizing import cpu_cores, worker_layout
 from scripts.archive_source import ArchiveSource
 from scripts.serve import (
@@ -230,6 +232,20 @@ def test_each_upload_style_gets_the_same_answer(server):
     first = multipart_data.json()
     assert all(a.json() == first for a in answers)
     assert (first["width"], first["height"]) == (360, 280) and first["detections"]
+
+
+def test_a_heic_photo_is_tagged_like_its_jpeg(server):
+    """An iPhone's own format: the worker (in .venv) decodes HEIC through pillow-heif (requirements-serving.txt)."""
+    register_heif_opener()  # for Pillow to write the HEIC here
+    photo, _ = render_image(random.Random(5010), width=360, height=280)
+    heic = io.BytesIO()
+    photo.save(heic, format="HEIF", quality=92)
+    answers = [server.post(files={"data": ("photo.heic", heic.getvalue(), "image/heic")}),
+               server.post(files={"data": ("photo.jpg", jpeg(photo), "image/jpeg")})]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    heic_answer, jpeg_answer = (a.json() for a in answers)
+    assert (heic_answer["width"], heic_answer["height"]) == (360, 280)
+    assert heic_answer["tags"] and sorted(heic_answer["tags"]) == sorted(jpeg_answer["tags"])
 
 
 def test_readme_curl_commands(server, tmp_path):
@@ -444,6 +460,7 @@ def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key
     keys = server.keys()
     assert not {keys.inference, keys.management, keys.api} & set(re.findall(r"\w+", done.stdout))
     assert f"Workers: {LAYOUT.describe()};" in done.stdout
+    assert f"Precision: {describe_cpu_precision('auto')};" in done.stdout  # the shipped config's default
     served = ArchiveSource.of(SHIPPED_CHECKPOINT).describe()
     assert f"Checkpoint: {served}, packed in {server.config.archive}." in done.stdout.splitlines()
     (curl_line,) = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("curl ")]

@@ -216,11 +216,14 @@ def test_parameter_parsers():
 def test_settings_from_the_model_config_section():
     assert settings_from_config(None) == ServingSettings()
     assert ServingSettings() == ServingSettings(score_threshold=0.5, max_detections=100, default_format="dict",
-                                                max_pixels=40_000_000, half_precision=False, channels_last=False,
-                                                torch_threads=None)
+                                                max_pixels=40_000_000, half_precision=False, cpu_precision="auto",
+                                                channels_last=False, torch_threads=None)
     section = {"score_threshold": 0.3, "max_detections": 5, "default_format": "list", "max_pixels": None,
-               "half_precision": True, "channels_last": True, "torch_threads": 1, "profile": True}
-    assert settings_from_config(section) == ServingSettings(0.3, 5, "list", None, True, True, 1)
+               "half_precision": True, "cpu_precision": "bfloat16", "channels_last": True, "torch_threads": 1,
+               "profile": True}
+    assert settings_from_config(section) == ServingSettings(
+        score_threshold=0.3, max_detections=5, default_format="list", max_pixels=None, half_precision=True,
+        cpu_precision="bfloat16", channels_last=True, torch_threads=1)
     for bad, message in [
         ({"score_treshold": 0.3}, "unknown key"),
         ({"score_threshold": 2}, "threshold"),
@@ -229,6 +232,8 @@ def test_settings_from_the_model_config_section():
         ({"max_pixels": "big"}, "max_pixels"),
         ({"max_detections": None}, "max_detections"),
         ({"half_precision": "yes"}, "half_precision"),
+        ({"cpu_precision": "float16"}, "cpu_precision must be one of auto, float32, bfloat16"),
+        ({"cpu_precision": True}, "cpu_precision"),
         ({"torch_threads": 0}, "torch_threads"),
     ]:
         with pytest.raises(ValueError, match=message):

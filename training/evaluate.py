@@ -14,9 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from handler.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from handler.precision import reduced_precision
 from training.batching import collate_as_lists
 from training.datasets import DatasetError, open_dataset
 from training.engine import evaluate, format_metrics_table
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,6 +31,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch-size", type=int, default=4)
     parser.add_argument("-j", "--workers", type=int, default=2)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
+                        help="the model under autocast as the service runs it: bfloat16 (handler.cpu_precision) or "
+                             "float16 (handler.half_precision, CUDA only); on a CPU without native bfloat16 it is "
+                             "emulated, correct but many times slower")
     return parser
 
 
@@ -37,9 +44,13 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate_as_lists)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.precision == "float16" and device.type != "cuda":
+        raise ValueError(f"--precision float16 runs on CUDA only; on {device} choose bfloat16 or float32")
     model = model_from_checkpoint(state).to(device)
-    metrics = evaluate(model, loader, device, state["class_names"], show_progress=True)
-    metrics.update(checkpoint=str(args.checkpoint), data=str(args.data), split=args.split, images=len(dataset))
+    with reduced_precision(device.type, PRECISIONS[args.precision]):
+        metrics = evaluate(model, loader, device, state["class_names"], show_progress=True)
+    metrics.update(checkpoint=str(args.checkpoint), data=str(args.data), split=args.split, images=len(dataset),
+                   precision=args.precision)
     return metrics
 
 
@@ -47,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         metrics = evaluate_checkpoint(args)
-    except (CheckpointError, DatasetError) as exc:
+    except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_metrics_table(metrics))

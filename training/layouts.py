@@ -37,7 +37,10 @@ import yaml
 from handler.text import error_line
 
 FORMATS = ("voc", "coco", "yolo")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".ico")
+# Names of the image files a data set folder is searched for (handler/decode.py decodes them by content); .hif is
+# the HEIF name of Canon and Fujifilm cameras.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".ico",
+                    ".heic", ".heif", ".hif", ".avif")
 # The names each split goes by in exports (Roboflow writes valid/).
 SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "test": ("test", "testing"), "train": ("train", "training")}
 IMAGE_FOLDERS = ("images", "image", "jpegimages", "imgs", "img")

@@ -7,7 +7,11 @@ on a bare GPU machine. The model keeps its coordinates in float32 under autocast
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from handler.precision import reduced_precision
 
 
 def grad_scaler(device: torch.device, *, enabled: bool = True) -> torch.amp.GradScaler | None:
@@ -15,9 +19,9 @@ def grad_scaler(device: torch.device, *, enabled: bool = True) -> torch.amp.Grad
     return torch.amp.GradScaler("cuda") if enabled and device.type == "cuda" else None
 
 
-def autocast(device: torch.device, scaler: torch.amp.GradScaler | None) -> torch.autocast:
+def autocast(device: torch.device, scaler: torch.amp.GradScaler | None) -> contextlib.AbstractContextManager:
     """float16 autocast for the forward pass when there is a ``scaler``; a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None)
+    return reduced_precision(device.type, torch.float16 if scaler is not None else None)
 
 
 def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
