@@ -137,6 +137,7 @@ STAGED = (
     Wheel("torch-model-archiver", "model_archiver", "serve"),  # build_archive runs it
     Wheel("enum-compat", None, "serve"),  # torch-model-archiver's dependency
     Wheel("pycocotools", "pycocotools", "serve"),  # tests/conftest.py imports training, training imports it
+    Wheel("pillow-heif", "pillow_heif", "serve"),  # handler/decode.py opens every upload with its HEIF plugin
 )
 
 

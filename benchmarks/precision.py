@@ -94,7 +94,7 @@ def precision_report(checkpoint: Path, jpegs: list[bytes], *, seconds: float) ->
              for name in PRECISIONS]
     lines = [f"model: {flops / 1e9:.2f} GFLOP per image (mean of {len(images)} images after the model's resize); "
              f"peak of this CPU at {torch.get_num_threads()} threads ({MATMUL_SIZE}x{MATMUL_SIZE} matrix product): "
-             + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peaks.items()),
+             + ", ".join(f"{name} {value:.1f} GFLOP/s" for name, value in peaks.items()),
              f"  {'precision':<9} {'CPU':<9} {'ms/image':>9} {'ratio':>7} {'GFLOP/s':>8} {'of peak':>7}"]
     lines += [cost.row(float32_ms=costs[0].ms_per_image, peak=peaks[cost.precision]) for cost in costs]
     return lines, costs
