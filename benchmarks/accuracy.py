@@ -3,19 +3,22 @@
     make bench-accuracy                                   # both data sets, 12 epochs each
     python -m benchmarks.accuracy --bccd-root ~/BCCD_Dataset --sets bccd
 
-Not a timed test: it trains ``training.demo``'s recipe (the ``demo`` preset from scratch) for ``--epochs`` on
+Not a timed test: it trains the ``demo`` preset's recipe (``training/presets.py``, from scratch) for ``--epochs`` on
 each data set's train split, scores the last checkpoint on its held-out split with ``training.evaluate`` in
-every precision a CPU worker offers (``handler.cpu_precision``: float32, bfloat16), and prints AP@0.5 per class,
-mAP@0.5 and COCO mAP@[.5:.95] beside the figures recorded in README.md (section "Accuracy on real photos"), with
-this machine, and each reduced precision against float32 with its goal (mAP@0.5 within 0.01, every class within
-0.02). On a CPU without native bfloat16 that scoring is emulated: correct, but minutes instead of seconds. Run it whenever a preset, the recipe, the data pipeline or the
-transforms change, and record the new figures in the README when they are meant.
+every runtime a CPU worker offers (``handler.cpu_runtime``: PyTorch float32 and bfloat16, ONNX Runtime), one
+image per model call as a CPU worker runs them, and prints AP@0.5 per class, mAP@0.5 and COCO mAP@[.5:.95]
+beside the figures recorded in README.md (section "Accuracy on real photos"), with this machine, and each other
+runtime against float32 with its goal (mAP@0.5 within 0.01, every class within 0.02). On a CPU without native
+bfloat16 its scoring is emulated: correct, but minutes instead of seconds. Run it whenever a preset, the
+recipe, the data pipeline or the transforms change, and record the new figures in the README when they are
+meant.
 
 - bccd: BCCD (Shenggan/BCCD_Dataset, MIT licence), blood-cell microscopy, 640x480, classes Platelets (small
   objects, about 40 px), RBC and WBC; its own splits: train (205 images) and test (72). Downloaded at
   a pinned commit into ``--data-root`` on first use; ``--bccd-root`` takes an existing copy.
 - raccoon: the raccoon photos in tests/data/raccoon (MIT licence), one class of large objects; without splits
-  of its own, so the loaders' stable hash of each file name holds out 24 of the 200 images (the "test" split).
+  of its own, so the loaders' split by each file's content (identical files together) gives train 169 images,
+  val 16 and test 15: trained on train, scored on test.
 """
 
 from __future__ import annotations
@@ -31,22 +34,23 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench import machine
-from handler.checkpoint import CheckpointError, checkpoint_name
+from handler.checkpoint import CheckpointError
 from handler.text import error_line
 from project import RACCOON, README
 from training import evaluate, train
+from training.checkpoints import checkpoint_name
 from training.datasets import DatasetError
-from training.demo import DEMO_RECIPE
+from training.presets import DEMO
 
-# The precisions of a CPU worker (handler/precision.py), scored as training.evaluate's --precision runs them.
-PRECISIONS = ("float32", "bfloat16")
+# The runtimes of a CPU worker (handler/precision.py), scored as training.evaluate's --runtime runs them.
+RUNTIMES = ("float32", "bfloat16", "onnxruntime")
 
 BCCD_COMMIT = "d272fb14cdff6e473fafeeeba32aba5f560e9e43"
 BCCD_URL = f"https://github.com/Shenggan/BCCD_Dataset/archive/{BCCD_COMMIT}.tar.gz"
 EPOCHS = 12
 SETS = ("bccd", "raccoon")
 MEANS = ("mAP@0.5", "mAP@[.5:.95]")  # the rows after the classes, named as format_metrics_table names them
-# What a reduced precision may lose against float32 (AP@0.5): of mAP@0.5, and of any one class.
+# What another runtime may lose against float32 (AP@0.5): of mAP@0.5, and of any one class.
 MAP_TOLERANCE, CLASS_TOLERANCE = 0.01, 0.02
 
 
@@ -74,8 +78,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="runs/accuracy", help="checkpoints go to OUTPUT_DIR/<set>")
     parser.add_argument("--readme", default=str(README), help="the file whose accuracy table is compared")
     parser.add_argument("-j", "--workers", type=int, default=1)
-    parser.add_argument("--precisions", default=",".join(PRECISIONS),
-                        help=f"comma-separated, of: {', '.join(PRECISIONS)} (float32 is always scored)")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES),
+                        help=f"comma-separated, of: {', '.join(RUNTIMES)} (float32 is always scored)")
     parser.add_argument("--reuse-checkpoints", action="store_true",
                         help="score OUTPUT_DIR/<set>/Epoch.<epochs>.pth where it exists instead of training again")
     return parser
@@ -154,13 +158,13 @@ def benchmark_sets(args: argparse.Namespace, names: list[str]) -> list[Benchmark
     return sets
 
 
-def precision_table(measured: dict[str, dict[str, float]]) -> tuple[list[str], bool]:
-    """Rows of each reduced precision against float32 (``measured``: {precision: figures}), and whether every
+def runtime_table(measured: dict[str, dict[str, float]]) -> tuple[list[str], bool]:
+    """Rows of each other runtime against float32 (``measured``: {runtime: figures}), and whether every
     one met the goal (mAP@0.5 within ``MAP_TOLERANCE``, each class within ``CLASS_TOLERANCE``)."""
     reference, met = measured["float32"], True
     reduced = [name for name in measured if name != "float32"]
     width = max(len(row) for row in [*reference, "class"])
-    lines = [f"  {'class':<{width}}  {'float32':>8}" + "".join(f"  {name:>8}  {'change':>6}" for name in reduced)]
+    lines = [f"  {'class':<{width}}  {'float32':>8}" + "".join(f"  {name:>11}  {'change':>6}" for name in reduced)]
     for row, value in reference.items():
         line = f"  {row:<{width}}  {value:8.3f}"
         for name in reduced:
@@ -168,32 +172,32 @@ def precision_table(measured: dict[str, dict[str, float]]) -> tuple[list[str], b
             tolerance = None if row == MEANS[1] else MAP_TOLERANCE if row == MEANS[0] else CLASS_TOLERANCE
             within = tolerance is None or abs(change) <= tolerance
             met &= within
-            line += f"  {measured[name][row]:8.3f}  {change:+6.3f}{'' if within else ' MISSED'}"
+            line += f"  {measured[name][row]:11.3f}  {change:+6.3f}{'' if within else ' MISSED'}"
         lines.append(line)
     return lines, met
 
 
-def run_set(benchmark: BenchmarkSet, args: argparse.Namespace, precisions: list[str]) -> dict[str, dict]:
+def run_set(benchmark: BenchmarkSet, args: argparse.Namespace, runtimes: list[str]) -> dict[str, dict]:
     """Trains the demo recipe on the set's train split (unless ``--reuse-checkpoints`` finds it trained);
-    returns training.evaluate's metrics of its test split in each precision."""
+    returns training.evaluate's metrics of its test split in each runtime, one image per model call."""
     output = Path(args.output_dir) / benchmark.name
     checkpoint = output / checkpoint_name(args.epochs)
     if not (args.reuse_checkpoints and checkpoint.is_file()):
         code = train.main(["--data", str(benchmark.data), "--train-split", benchmark.train_split, "--val-split", "",
                            "--output-dir", str(output), "--epochs", str(args.epochs), "--workers", str(args.workers),
-                           "--no-progress", *DEMO_RECIPE])
+                           "--no-progress", *DEMO.recipe])
         if code:
             raise BenchmarkError(f"training on {benchmark.name} failed (exit status {code})")
-    return {precision: evaluate.evaluate_checkpoint(evaluate.get_args_parser().parse_args(
+    return {runtime: evaluate.evaluate_checkpoint(evaluate.get_args_parser().parse_args(
         [str(checkpoint), str(benchmark.data), "--split", benchmark.test_split, "--workers", str(args.workers),
-         "--device", "cpu", "--precision", precision])) for precision in precisions}
+         "--device", "cpu", "--batch-size", "1", "--runtime", runtime])) for runtime in runtimes}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     names = [name.strip() for name in args.sets.split(",") if name.strip()]
-    precisions = ["float32", *(p.strip() for p in args.precisions.split(",") if p.strip() not in ("", "float32"))]
-    for option, chosen, known in (("--sets", names, SETS), ("--precisions", precisions, PRECISIONS)):
+    runtimes = ["float32", *(r.strip() for r in args.runtimes.split(",") if r.strip() not in ("", "float32"))]
+    for option, chosen, known in (("--sets", names, SETS), ("--runtimes", runtimes, RUNTIMES)):
         unknown = sorted(set(chosen) - set(known))
         if unknown:
             print(f"error: {option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}", file=sys.stderr)
@@ -204,22 +208,22 @@ def main(argv: list[str] | None = None) -> int:
         lines, goals_met = [], True
         for benchmark in sets:
             started = time.perf_counter()
-            metrics = run_set(benchmark, args, precisions)
+            metrics = run_set(benchmark, args, runtimes)
             minutes = (time.perf_counter() - started) / 60
-            figures = {precision: measured_figures(m) for precision, m in metrics.items()}
+            figures = {runtime: measured_figures(m) for runtime, m in metrics.items()}
             lines += comparison_table(
                 f"{benchmark.name}: {metrics['float32']['images']} {benchmark.test_split} images, trained "
-                f"{args.epochs} epochs on {benchmark.train_split}, scored in {len(precisions)} precision(s), "
+                f"{args.epochs} epochs on {benchmark.train_split}, scored in {len(runtimes)} runtime(s), "
                 f"{minutes:.1f} min in all", figures["float32"], recorded.get(benchmark.name, {}))
-            if len(precisions) > 1:
-                rows, met = precision_table(figures)
+            if len(runtimes) > 1:
+                rows, met = runtime_table(figures)
                 goals_met &= met
                 lines += [f"  against float32 (goal: mAP@0.5 within {MAP_TOLERANCE}, each class within "
                           f"{CLASS_TOLERANCE}): {'met' if met else 'MISSED'}", *rows]
     except (BenchmarkError, DatasetError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"accuracy of the demo recipe ({' '.join(DEMO_RECIPE)}) on {machine()}; README: the figures recorded "
+    print(f"accuracy of the demo recipe ({' '.join(DEMO.recipe)}) on {machine()}; README: the figures recorded "
           f"in {args.readme}")
     print("\n".join(lines))
     return 0 if goals_met else 3

@@ -19,9 +19,9 @@ generated JPEGs of mixed sizes:
 - served: the running TorchServe of ``make serve``, at 1, 8 and 16 closed-loop clients (each sends its next
   image when its last one is answered), then the worker's peak RSS and the RSS one 12 MP JPEG adds.
 - precision (CPU): the model's FLOPs per image, the machine's float32 and bfloat16 peak, and the model core's
-  ms per image and GFLOP/s in each ``handler.cpu_precision`` (``benchmarks/precision.py``); then TorchServe
-  with the archive's settings in each precision this CPU computes natively other than the served one, at 1
-  and 8 clients, against the served TorchServe and the baseline.
+  ms per image and GFLOP/s in each ``handler.cpu_runtime`` (``benchmarks/precision.py``); then TorchServe
+  with the archive's settings in each runtime this CPU runs natively other than the served one, at 1 and 8
+  clients, against the served TorchServe.
 
 It prints img/s and p50/p90 latency of each, then the ratios the serving goals are stated in.
 """
@@ -56,16 +56,16 @@ import yaml
 from benchmarks.precision import precision_report
 from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, SERVED_KEY_FILE, KeyFileError, bearer, read_keys
+from common.model_archive import ArchiveReadError, extract_serialized_file, packed_model_config
 from handler.core_sharing import busy_threads, record_folder
 from handler.decode import ImageError
-from handler.precision import resolve_cpu_precision
+from handler.precision import resolve_cpu_runtime
 from handler.settings import ServingSettings, settings_from_config
 from handler.sizing import cpu_cores
 from handler.text import shorten
 from handler.tagging import Tagger, detections_above, format_response
 from project import MODEL_CONFIG, SERVER_CONFIG
 from scripts.make_archive import build_archive
-from scripts.model_archive import ArchiveReadError, extract_serialized_file, packed_model_config
 from scripts.serve import running_server, served_layout, server_on_free_ports
 from training.synthetic import render_image
 
@@ -117,11 +117,11 @@ def generate_jpegs(count: int, *, seed: int = 0, sizes: tuple[tuple[int, int], .
 
 # ---- bare model ----
 
-def _bare_process(checkpoint: str, device: str, threads: int, batch_sizes: list[int], jpegs: list[bytes],
-                  seconds: float, barrier, results) -> None:
+def _bare_process(checkpoint: str, device: str, runtime: str, threads: int, batch_sizes: list[int],
+                  jpegs: list[bytes], seconds: float, barrier, results) -> None:
     """One process of a bare layout: the same phases as its peers, started together at each barrier."""
     torch.set_num_threads(threads)
-    tagger = Tagger.from_checkpoint(checkpoint, device=device)
+    tagger = Tagger.from_checkpoint(checkpoint, device=device, cpu_runtime=runtime)
     images = [tagger.load_image(data) for data in jpegs]
     tagger.detect(images[:1])  # one-off costs (allocator, kernels) before the clock runs
     for batch_size in batch_sizes:
@@ -147,14 +147,14 @@ def bare_layouts(*, device: str, cores: int) -> list[tuple[int, int]]:
 
 
 def measure_bare(checkpoint: Path, jpegs: list[bytes], *, device: str, cores: int, batch_sizes: list[int],
-                 seconds: float) -> Iterator[Measurement]:
+                 seconds: float, runtime: str) -> Iterator[Measurement]:
     """Every layout at every batch size, yielded as each layout ends; each process works through its share of
-    the images."""
+    the images, the model run as ``runtime`` (``handler.cpu_runtime``) runs it on a CPU."""
     context = multiprocessing.get_context("spawn")
     for processes, threads in bare_layouts(device=device, cores=cores):
         barrier, results = context.Barrier(processes), context.Queue()
         workers = [
-            context.Process(target=_bare_process, args=(str(checkpoint), device, threads, batch_sizes,
+            context.Process(target=_bare_process, args=(str(checkpoint), device, runtime, threads, batch_sizes,
                                                         jpegs[rank::processes], seconds, barrier, results))
             for rank in range(processes)
         ]
@@ -419,80 +419,135 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch_sizes: list[int], cores: int) -> int:
     config = read_server_config(args.config)
     jpegs = generate_jpegs(args.images)
-    print(f"machine: {machine()}; bare and baseline on {args.device}")
+    print(f"machine: {machine()}; bare and baseline on {args.device}; the bare model runs as the served workers do "
+          f"({configured_cpu_runtime()} on a CPU), the baseline in PyTorch float32")
     print(f"images: {len(jpegs)} generated JPEGs, {', '.join(f'{w}x{h}' for w, h in IMAGE_SIZES)}; "
           f"weights from {args.checkpoint or config.archive}; {args.seconds:g} s per phase")
     print(f"{'':<58} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8}")
 
+    results = PartResults()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or extract_serialized_file(config.archive, Path(tmp))
-        bare_best = baseline = served = None
         if "bare" in parts:
-            bare = []
-            for measurement in measure_bare(checkpoint, jpegs, device=args.device, cores=cores,
-                                            batch_sizes=batch_sizes, seconds=args.seconds):
-                print(measurement.row(), flush=True)
-                bare.append(measurement)
-            bare_best = max(bare, key=lambda m: m.images_per_second)
+            results.bare_best = best_bare_layout(checkpoint, jpegs, args=args, cores=cores, batch_sizes=batch_sizes)
         if "baseline" in parts:
-            context = multiprocessing.get_context("spawn")
-            ready = context.Queue()
-            server = context.Process(target=baseline_server, args=(str(checkpoint), args.device, ready), daemon=True)
-            server.start()
-            try:
-                url = f"http://127.0.0.1:{ready.get()}/"
-                baseline = measure_server(url, jpegs, clients=clients, seconds=args.seconds, headers={},
-                                          name=f"baseline http.server, {_count(torch.get_num_threads(), 'thread')}")
-            finally:
-                server.terminate()
-                server.join()
-            for measurement in baseline.values():
-                print(measurement.row())
-        static_best = None
+            results.baseline = measure_baseline(checkpoint, jpegs, args=args, clients=clients)
         if "static" in parts and args.device == "cpu":
-            loaded = loaded_clients(clients)
-            for workers, threads in bare_layouts(device="cpu", cores=cores):
-                with tempfile.TemporaryDirectory() as folder, archive_server(
-                        checkpoint, workers=workers, handler={"torch_threads": threads}, server_config=args.config,
-                        folder=Path(folder)) as (url, auth):
-                    static = measure_server(url, jpegs, clients=clients, seconds=args.seconds, headers=auth,
-                                            name=f"TorchServe {workers}x{threads} fixed")
-                for measurement in static.values():
-                    print(measurement.row(), flush=True)
-                if static_best is None or static[loaded].images_per_second > static_best.images_per_second:
-                    static_best = static[loaded]
+            results.static_best = best_static_layout(checkpoint, jpegs, args=args, clients=clients, cores=cores)
         if "served" in parts:
-            keys = read_keys(args.key_file)
-            layout = served_layout(config, keys)
-            described = requests.get(f"{config.management_url}/models/{config.model_name}",
-                                     headers=bearer(keys.management)).json()[0]
-            name = (f"TorchServe {layout.label}, batch {described['batchSize']}, "
-                    f"delay {described['maxBatchDelay']} ms")
-            auth = bearer(keys.inference)
-            # Who shares the cores with the model workers: the Java front end and this load generator.
-            watch = {"front end (Java)": running_server(), "load generator": psutil.Process()}
-            watch.update({f"worker {n}": worker for n, worker in enumerate(torchserve_workers())})
-            busy_record = record_folder(watch["front end (Java)"].pid) if layout.follows_load else None
-            served = measure_server(config.predictions_url, jpegs, clients=clients, seconds=args.seconds,
-                                    headers=auth, name=name, watch=watch, busy_record=busy_record)
-            for measurement in served.values():
-                print(measurement.row())
-            loaded_phase = served[loaded_clients(clients)]
-            print(f"CPU, % of a core, {loaded_phase.name.rsplit(', ', 1)[1]}: "
-                  + ", ".join(f"{label} {percent:.1f}" for label, percent in loaded_phase.cpu_percent.items()))
-            print(threads_line(served, cores=cores))
-            peak = max(_status_kb(worker.pid, "VmHWM") for worker in torchserve_workers()) / 1024
-            photo = generate_jpegs(1, seed=1, sizes=(LARGE_PHOTO,))[0]
-            added = rss_added_by(config.predictions_url, photo, headers=auth)
-            print(f"TorchServe worker peak RSS {peak:.0f} MB; one 12 MP JPEG ({len(photo) / 1e6:.1f} MB) "
-                  f"adds {added:.0f} MB (goal <= 60)")
+            results.served = measure_served(config, jpegs, args=args, clients=clients, cores=cores)
+        if "precision" in parts and args.device == "cpu":
+            results.precision_servers = measure_precision_servers(args, checkpoint=checkpoint, jpegs=jpegs,
+                                                                  clients=clients,
+                                                                  served_runtime=served_cpu_runtime(config))
+    print_ratios(results, clients=clients, config=config)
+    return 0
 
-        precision_servers = (measure_precision_servers(args, checkpoint=checkpoint, jpegs=jpegs, clients=clients,
-                                                       served_precision=served_cpu_precision(config))
-                             if "precision" in parts and args.device == "cpu" else {})
 
+@dataclass
+class PartResults:
+    """What the parts measured that the ratios compare; None (no servers) for a part that did not run.
+
+    Args:
+        bare_best: the bare layout and batch size with the most img/s.
+        baseline / served: the plain server's and the served TorchServe's phases, by client count.
+        static_best: the fixed TorchServe layout with the most img/s at the loaded client count.
+        precision_servers: TorchServe's phases in each other CPU runtime, by runtime, then client count.
+    """
+
+    bare_best: Measurement | None = None
+    baseline: dict[int, Measurement] | None = None
+    static_best: Measurement | None = None
+    served: dict[int, Measurement] | None = None
+    precision_servers: dict[str, dict[int, Measurement]] = field(default_factory=dict)
+
+
+def best_bare_layout(checkpoint: Path, jpegs: list[bytes], *, args: argparse.Namespace, cores: int,
+                     batch_sizes: list[int]) -> Measurement:
+    """The bare part: prints every layout at every batch size as it ends; the best one."""
+    bare = []
+    for measurement in measure_bare(checkpoint, jpegs, device=args.device, cores=cores, batch_sizes=batch_sizes,
+                                    seconds=args.seconds, runtime=configured_cpu_runtime()):
+        print(measurement.row(), flush=True)
+        bare.append(measurement)
+    return max(bare, key=lambda m: m.images_per_second)
+
+
+def measure_baseline(checkpoint: Path, jpegs: list[bytes], *, args: argparse.Namespace,
+                     clients: list[int]) -> dict[int, Measurement]:
+    """The baseline part: the plain server in a process of its own, at each client count; prints each phase."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Queue()
+    server = context.Process(target=baseline_server, args=(str(checkpoint), args.device, ready), daemon=True)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{ready.get()}/"
+        baseline = measure_server(url, jpegs, clients=clients, seconds=args.seconds, headers={},
+                                  name=f"baseline http.server, {_count(torch.get_num_threads(), 'thread')}")
+    finally:
+        server.terminate()
+        server.join()
+    for measurement in baseline.values():
+        print(measurement.row())
+    return baseline
+
+
+def best_static_layout(checkpoint: Path, jpegs: list[bytes], *, args: argparse.Namespace, clients: list[int],
+                       cores: int) -> Measurement | None:
+    """The static part: TorchServe in each fixed workers x threads layout, each printed; the one with the most
+    img/s at the loaded client count."""
+    loaded = loaded_clients(clients)
+    static_best = None
+    for workers, threads in bare_layouts(device="cpu", cores=cores):
+        with tempfile.TemporaryDirectory() as folder, archive_server(
+                checkpoint, workers=workers, handler={"torch_threads": threads}, server_config=args.config,
+                folder=Path(folder)) as (url, auth):
+            static = measure_server(url, jpegs, clients=clients, seconds=args.seconds, headers=auth,
+                                    name=f"TorchServe {workers}x{threads} fixed")
+        for measurement in static.values():
+            print(measurement.row(), flush=True)
+        if static_best is None or static[loaded].images_per_second > static_best.images_per_second:
+            static_best = static[loaded]
+    return static_best
+
+
+def measure_served(config: ServerConfig, jpegs: list[bytes], *, args: argparse.Namespace, clients: list[int],
+                   cores: int) -> dict[int, Measurement]:
+    """The served part: the running TorchServe at each client count with the CPU use of who shares the cores and
+    the workers' threads, then the workers' memory; prints each."""
+    keys = read_keys(args.key_file)
+    layout = served_layout(config, keys)
+    described = requests.get(f"{config.management_url}/models/{config.model_name}",
+                             headers=bearer(keys.management)).json()[0]
+    name = (f"TorchServe {layout.label}, batch {described['batchSize']}, "
+            f"delay {described['maxBatchDelay']} ms")
+    auth = bearer(keys.inference)
+    # Who shares the cores with the model workers: the Java front end and this load generator.
+    watch = {"front end (Java)": running_server(), "load generator": psutil.Process()}
+    watch.update({f"worker {n}": worker for n, worker in enumerate(torchserve_workers())})
+    busy_record = record_folder(watch["front end (Java)"].pid) if layout.follows_load else None
+    served = measure_server(config.predictions_url, jpegs, clients=clients, seconds=args.seconds,
+                            headers=auth, name=name, watch=watch, busy_record=busy_record)
+    for measurement in served.values():
+        print(measurement.row())
+    loaded_phase = served[loaded_clients(clients)]
+    print(f"CPU, % of a core, {loaded_phase.name.rsplit(', ', 1)[1]}: "
+          + ", ".join(f"{label} {percent:.1f}" for label, percent in loaded_phase.cpu_percent.items()))
+    print(threads_line(served, cores=cores))
+    peak = max(_status_kb(worker.pid, "VmHWM") for worker in torchserve_workers()) / 1024
+    photo = generate_jpegs(1, seed=1, sizes=(LARGE_PHOTO,))[0]
+    added = rss_added_by(config.predictions_url, photo, headers=auth)
+    print(f"TorchServe worker peak RSS {peak:.0f} MB; one 12 MP JPEG ({len(photo) / 1e6:.1f} MB) "
+          f"adds {added:.0f} MB (goal <= 60)")
+    return served
+
+
+def print_ratios(results: PartResults, *, clients: list[int], config: ServerConfig) -> None:
+    """The ratios the serving goals are stated in, of the parts that ran."""
     print("ratios:")
     loaded = loaded_clients(clients)
+    bare_best, baseline, static_best, served = (results.bare_best, results.baseline, results.static_best,
+                                                results.served)
     if bare_best is not None:
         print(f"  best bare layout: {bare_best.name} ({bare_best.images_per_second:.1f} img/s)")
     if served and baseline:
@@ -510,45 +565,51 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
         print(ratio_line("lone request p50, served / baseline",
                          served[1].latency_ms(0.5) / baseline[1].latency_ms(0.5), "<= 1.1"))
     if served:
-        served_precision = served_cpu_precision(config)
-        for precision, other in precision_servers.items():
-            # The goals of bfloat16 where the CPU has it: against the float32 the workers ran before.
-            faster = served_precision == "bfloat16" and precision == "float32"
-            print(ratio_line(f"lone request, {served_precision} served / {precision} speed-up",
+        served_runtime = served_cpu_runtime(config)
+        for runtime, other in results.precision_servers.items():
+            # The goals of a faster runtime: against the PyTorch float32 the workers ran before it.
+            faster = served_runtime != "float32" and runtime == "float32"
+            print(ratio_line(f"lone request, {served_runtime} served / {runtime} speed-up",
                              other[1].latency_ms(0.5) / served[1].latency_ms(0.5), ">= 1.6" if faster else "-"))
-            print(ratio_line(f"{served_precision} served / {precision} img/s, {loaded} clients",
+            print(ratio_line(f"{served_runtime} served / {runtime} img/s, {loaded} clients",
                              served[loaded].images_per_second / other[loaded].images_per_second,
                              ">= 1.5" if faster else "-"))
-    return 0
 
 
-def served_cpu_precision(config: ServerConfig) -> str:
-    """What the served archive's CPU workers compute in on this machine (``handler/precision.py``)."""
+def configured_cpu_runtime() -> str:
+    """How ``model/model-config.yaml``'s CPU workers run the demo-sized model on this machine."""
+    section = (yaml.safe_load(MODEL_CONFIG.read_text()) or {}).get("handler")
+    return resolve_cpu_runtime(settings_from_config(section).cpu_runtime)
+
+
+def served_cpu_runtime(config: ServerConfig) -> str:
+    """How the served archive's CPU workers run the model on this machine (``handler/precision.py``'s rule; a
+    model over its parameter bound, which ``auto`` leaves to PyTorch, is not told apart here)."""
     settings = settings_from_config(packed_model_config(config.archive).get("handler"))
-    return resolve_cpu_precision(settings.cpu_precision)
+    return resolve_cpu_runtime(settings.cpu_runtime)
 
 
 def measure_precision_servers(args: argparse.Namespace, *, checkpoint: Path, jpegs: list[bytes], clients: list[int],
-                              served_precision: str) -> dict[str, dict[int, Measurement]]:
-    """The precision part: the model core in each precision (``benchmarks/precision.py``), then TorchServe in
-    each one this CPU computes natively, other than the served one, at 1 and the loaded client count."""
+                              served_runtime: str) -> dict[str, dict[int, Measurement]]:
+    """The precision part: the model core in each runtime (``benchmarks/precision.py``), then TorchServe in
+    each one this CPU runs natively, other than the served one, at 1 and the loaded client count."""
     lines, costs = precision_report(checkpoint, jpegs, seconds=args.seconds / 2)
     print("\n".join(lines), flush=True)
     counts = sorted({1, loaded_clients(clients)})
     servers = {}
     for cost in costs:
-        if cost.precision == served_precision:
+        if cost.runtime == served_runtime:
             continue
         if not cost.native:
-            print(f"TorchServe in {cost.precision}: not started, this CPU emulates it "
+            print(f"TorchServe in {cost.runtime}: not started, this CPU emulates it "
                   f"({cost.ms_per_image / costs[0].ms_per_image:.0f}x float32's model time)")
             continue
         with tempfile.TemporaryDirectory() as folder, archive_server(
-                checkpoint, handler={"cpu_precision": cost.precision}, server_config=args.config,
+                checkpoint, handler={"cpu_runtime": cost.runtime}, server_config=args.config,
                 folder=Path(folder)) as (url, auth):
-            servers[cost.precision] = measure_server(url, jpegs, clients=counts, seconds=args.seconds, headers=auth,
-                                                     name=f"TorchServe in {cost.precision}")
-        for measurement in servers[cost.precision].values():
+            servers[cost.runtime] = measure_server(url, jpegs, clients=counts, seconds=args.seconds, headers=auth,
+                                                   name=f"TorchServe in {cost.runtime}")
+        for measurement in servers[cost.runtime].values():
             print(measurement.row(), flush=True)
     return servers
 

@@ -39,11 +39,11 @@ import torch
 import torchvision
 from torchvision.transforms.functional import pil_to_tensor
 
-from handler.detector import build_detector
 from handler.settings import ServingSettings
 from handler.tagging import Detection, Tagger
 from project import SHIPPED_CHECKPOINT
 from training import mixed_precision
+from training.presets import build_detector
 from training.synthetic import CLASS_NAMES, render_image
 
 SCORE_THRESHOLD = ServingSettings.score_threshold  # the served default

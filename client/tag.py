@@ -27,8 +27,8 @@ from typing import IO, Any
 import requests
 
 from client.config import ServerConfigError, read_server_config
-from client.draw import DrawingFolder, writable_path
 from client.keys import SERVED_KEY_FILE, KeyFileError, bearer, read_keys
+from common.draw import DrawingFolder, writable_path
 from handler.text import shorten
 from project import SERVER_CONFIG
 

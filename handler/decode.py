@@ -123,7 +123,8 @@ class TooManyPixelsError(ImageError):
 @dataclass(frozen=True)
 class ModelInputSize:
     """The resize rule of torchvision's detection transform (``GeneralizedRCNNTransform``): the short side
-    becomes ``min_size`` unless the long side would then pass ``max_size``, which it then becomes."""
+    becomes ``min_size`` unless the long side would then pass ``max_size``, which it then becomes. Its one
+    derivation: decoding shrinks uploads by it, and ``Tagger`` pads thin images by it (``Tagger.input_size``)."""
 
     min_size: int
     max_size: int

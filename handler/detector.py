@@ -1,9 +1,10 @@
 """The one Faster R-CNN definition, shared by training and the TorchServe handler.
 
 Every hyper-parameter of the seed specification is a keyword default of ``make_faster_rcnn``.
-A model's whole configuration is a plain dict (``model_config``) that travels inside checkpoints, so
-``build_detector_from_config(checkpoint["model_config"])`` rebuilds exactly the trained model.
-Nothing here reads files, flags or the environment: this module is packed into the model archive as is.
+A model's whole configuration is a plain dict (made by ``training/presets.py``'s ``model_config``) that
+travels inside checkpoints, so ``build_detector_from_config(checkpoint["model_config"])`` rebuilds exactly the
+trained model. Nothing here reads files, flags or the environment: this module is packed into the model archive
+as is, so what only training needs (the presets, ImageNet weights) lives in ``training/``.
 
 Under autocast (float16 on a GPU, bfloat16 on a CPU: ``handler/precision.py``) the convolutions and linear
 layers run in the reduced type, but everything that computes coordinates stays in float32: the feature maps
@@ -34,34 +35,6 @@ BACKBONES = ("vgg16", "resnet50", "demo")
 # are (batches of 1-2 images per GPU would blur them) and is an identity at random init, so it cannot train.
 BACKBONE_NORMS = {"batch_norm": nn.BatchNorm2d, "frozen_batch_norm": FrozenBatchNorm2d}
 
-# Named sets of keyword arguments. The seed's backbones need none: the seed values are the defaults.
-# "demo" is NOT the seed's model: a 2.4-million-parameter network small enough to learn on a 2-core CPU
-# in minutes, for the demo service and the tests.
-PRESETS: dict[str, dict[str, Any]] = {
-    "vgg16": {},
-    "resnet50": {},
-    "demo": {
-        # The seed's 2:3 ratio of min_size to max_size: a 4:3 photo keeps a 320 px short side.
-        "min_size": 320,
-        "max_size": 480,
-        "anchor_sizes": [32, 64, 128],
-        # The RPN keeps its pre_nms_top_n best-scored anchors, and NMS leaves near-copies that overlap less
-        # than rpn_nms_thresh. A 640x480 photo gives 20,160 anchors at this size, and a crowd of mid-sized
-        # objects (20 blood cells, ~36 anchors each) filled a budget of 600 before any small object's best
-        # anchor (README: Accuracy on real photos). 2000 is ~10% of the anchors; NMS at 0.6 keeps fewer copies
-        # of each object within the 100 proposals the box head scores (its cost unchanged; ~3% slower in all).
-        "rpn_pre_nms_top_n_train": 2000,
-        "rpn_pre_nms_top_n_test": 2000,
-        "rpn_post_nms_top_n_train": 500,
-        "rpn_post_nms_top_n_test": 100,
-        "rpn_nms_thresh": 0.6,
-        "representation_size": 256,
-        # Half the RoIs and one sample per RoIAlign bin: RoIAlign's backward pass dominated a CPU step.
-        "roi_sampling_ratio": 1,
-        "box_batch_size_per_image": 64,
-    },
-}
-
 _IMAGENET_MEAN = [0.485, 0.456, 0.406]
 _IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -69,7 +42,7 @@ _IMAGENET_STD = [0.229, 0.224, 0.225]
 def make_faster_rcnn(
     *,
     backbone: str = "vgg16",
-    backbone_norm: str = "batch_norm",
+    backbone_norm: str,
     num_classes: int = 23,
     min_size: int = 400,
     max_size: int = 600,
@@ -105,7 +78,7 @@ def make_faster_rcnn(
     Args:
         backbone: ``vgg16`` (conv layers, 512 channels, stride 16), ``resnet50`` (up to layer4, 2048
             channels, stride 32) or ``demo`` (small CNN, 128 channels, stride 8). Weights start random.
-        backbone_norm: a key of ``BACKBONE_NORMS``: ``frozen_batch_norm`` for pretrained weights only.
+        backbone_norm: a key of ``BACKBONE_NORMS``, as ``backbone_norm_for`` decides it.
         num_classes: object classes plus one for the background.
         anchor_sizes / aspect_ratios: the one-level anchor grid (sizes x ratios anchors per position).
         rpn_init_std: standard deviation of the RPN head's Gaussian initialisation (biases zero).
@@ -158,25 +131,10 @@ def make_faster_rcnn(
     return model
 
 
-def model_config(backbone: str = "vgg16", num_classes: int = 23, **overrides: Any) -> dict[str, Any]:
-    """The complete, plain configuration of a model: seed defaults, then the preset, then ``overrides``.
-
-    Raises:
-        ValueError: for an unknown backbone or an unknown override name.
-    """
-    if backbone not in PRESETS:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
-    defaults = {
-        name: p.default for name, p in inspect.signature(make_faster_rcnn).parameters.items()
-    }
-    _refuse_unknown_settings(overrides)
-    config = {**defaults, **PRESETS[backbone], **overrides, "backbone": backbone, "num_classes": num_classes}
-    return {name: _plain(value) for name, value in config.items()}
-
-
-def build_detector(backbone: str = "vgg16", num_classes: int = 23, **overrides: Any) -> FasterRCNN:
-    """Builds the seed's Faster R-CNN (or the ``demo`` preset) with random weights."""
-    return build_detector_from_config(model_config(backbone, num_classes, **overrides))
+def backbone_norm_for(*, pretrained: bool) -> str:
+    """The ``backbone_norm`` of a backbone that starts from pretrained weights (their statistics stay as they are)
+    or from random ones (it learns its own)."""
+    return "frozen_batch_norm" if pretrained else "batch_norm"
 
 
 def build_detector_from_config(config: Mapping[str, Any]) -> FasterRCNN:
@@ -185,29 +143,18 @@ def build_detector_from_config(config: Mapping[str, Any]) -> FasterRCNN:
     Raises:
         ValueError: for a setting this version does not know (e.g. from a newer version's checkpoint).
     """
-    _refuse_unknown_settings(config)
-    # Checkpoints written before backbone_norm existed: resnet50 froze its batch norm, demo trained its own.
-    legacy_norm = "frozen_batch_norm" if config.get("backbone") == "resnet50" else "batch_norm"
+    refuse_unknown_settings(config)
+    # Checkpoints written before backbone_norm existed: resnet50 always started from ImageNet weights, demo from
+    # random ones.
+    legacy_norm = backbone_norm_for(pretrained=config.get("backbone") == "resnet50")
     return make_faster_rcnn(**{"backbone_norm": legacy_norm, **config})
 
 
-def _refuse_unknown_settings(settings: Mapping[str, Any]) -> None:
+def refuse_unknown_settings(settings: Mapping[str, Any]) -> None:
+    """Raises ValueError naming every key of ``settings`` that is no keyword of ``make_faster_rcnn``."""
     unknown = sorted(set(settings) - set(inspect.signature(make_faster_rcnn).parameters))
     if unknown:
         raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
-
-
-def backbone_state_from_torchvision(backbone: str, state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """Maps a torchvision classification state dict (e.g. ImageNet VGG16) onto ``model.backbone``.
-
-    The classifier's weights (``classifier.*`` / ``fc.*``) are left out; they have no place in the detector.
-    """
-    if backbone == "vgg16":
-        prefix = "features."
-        return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if backbone == "resnet50":
-        return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    raise ValueError(f"backbone {backbone!r} has no torchvision weights format")
 
 
 def _make_backbone(name: str, *, norm: str) -> tuple[nn.Module, int]:
@@ -266,10 +213,3 @@ def _float32_outputs(module: nn.Module, inputs: Any, output: Any) -> Any:
     if isinstance(output, (list, tuple)):
         return type(output)(_float32_outputs(module, inputs, value) for value in output)
     return output
-
-
-def _plain(value: Any) -> Any:
-    """Tuples become lists so the config is a plain, JSON-able value that ``weights_only`` loads."""
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value

@@ -1,4 +1,4 @@
-"""KServe's v1 and v2 request bodies around the tagger's one-image JSON request, and the answers back.
+"""KServe's v1 and v2 request bodies: their adapters (the image and options out), and the answers back in.
 
 On Kubernetes, KServe's TorchServe runtime puts its own model server in front of TorchServe: it takes
 ``POST /v1/models/tagger:predict`` and ``POST /v2/models/tagger/infer`` and forwards the JSON body to the same
@@ -18,10 +18,11 @@ the batch once, so the KServe bundle keeps KServe's ``TS_SERVICE_ENVELOPE`` out 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from .request_parsing import JSON_IMAGE_FIELD, OPTION_FIELDS, RAW_BODY, RequestError
+from .options import OPTION_FIELDS
+from .uploads import RequestError, UnwrappedRequest, image_from_base64, read_json_object
 
 V1_INSTANCES = "instances"
 V2_INPUTS = "inputs"
@@ -58,33 +59,36 @@ class KServeEnvelope:
         }
 
 
-def open_envelope(row: Any) -> tuple[Any, KServeEnvelope | None]:
-    """A KServe v1/v2 row as the plain JSON row ``{"body": {"data": <base64>, options...}}``, and its envelope.
-
-    Any other row comes back as it is, with None.
-
-    Args:
-        row: one element of the list TorchServe passes to the handler, its JSON parts read
-            (``request_parsing.read_json_parts``).
+def read_v1(body: Mapping[str, Any]) -> UnwrappedRequest:
+    """The v1 adapter: the one instance's image and options, in a v1 envelope.
 
     Raises:
-        RequestError: 400 for a KServe body that holds no image, more than one, or not a base64 string.
+        RequestError: 400 for no instance, several, or one that holds no base64 image.
     """
-    body = row.get(RAW_BODY) if isinstance(row, Mapping) else None
-    if not isinstance(body, Mapping):
-        return row, None
-    if V1_INSTANCES in body:
-        return {RAW_BODY: _v1_instance(body[V1_INSTANCES])}, KServeEnvelope(protocol="v1")
-    if V2_INPUTS in body:
-        request_id = body.get("id")
-        image = _v2_image(body[V2_INPUTS])
-        options = {**_v2_parameters(body), **_v2_parameters(body[V2_INPUTS][0])}
-        envelope = KServeEnvelope(protocol="v2", request_id=request_id if isinstance(request_id, str) else None)
-        return {RAW_BODY: {JSON_IMAGE_FIELD: image, **options}}, envelope
-    return row, None
+    instance = _v1_instance(body[V1_INSTANCES])
+    found = (UnwrappedRequest(image=image_from_base64(instance)) if isinstance(instance, str)
+             else read_json_object(instance))
+    return replace(found, envelope=KServeEnvelope(protocol="v1"))
 
 
-def _v1_instance(instances: Any) -> dict[str, Any]:
+def read_v2(body: Mapping[str, Any]) -> UnwrappedRequest:
+    """The v2 adapter: the one BYTES element's image; options from the request's parameters, overridden by the
+    input tensor's own; the request's ``id`` kept for the answer.
+
+    Raises:
+        RequestError: 400 for no input tensor, several, one not of one base64 BYTES element, or broken base64.
+    """
+    inputs = body[V2_INPUTS]
+    encoded = _v2_image(inputs)
+    request_id = body.get("id")
+    return UnwrappedRequest(
+        image=image_from_base64(encoded),
+        options={**_v2_parameters(body), **_v2_parameters(inputs[0])},
+        envelope=KServeEnvelope(protocol="v2", request_id=request_id if isinstance(request_id, str) else None),
+    )
+
+
+def _v1_instance(instances: Any) -> str | Mapping[str, Any]:
     if not isinstance(instances, list) or not instances:
         raise RequestError(400, "no_image", 'a KServe v1 request needs "instances": [{"data": "<base64 image>"}]')
     if len(instances) > 1:
@@ -93,22 +97,23 @@ def _v1_instance(instances: Any) -> dict[str, Any]:
             f"send one instance per request, got {len(instances)} (TorchServe batches concurrent requests)",
         )
     (instance,) = instances
-    if isinstance(instance, str):
-        return {JSON_IMAGE_FIELD: instance}
-    if not isinstance(instance, Mapping):
+    if not isinstance(instance, (str, Mapping)):
         raise RequestError(400, "no_image", 'a KServe v1 instance is {"data": "<base64 image>"} or the base64 string')
-    return dict(instance)
+    return instance
 
 
 def _v2_image(inputs: Any) -> str:
-    usage = 'a KServe v2 request needs "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64 image>"]}]'
+    """The base64 text of the one element of the one BYTES input tensor."""
+    usage = ('a KServe v2 request needs "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
+             '"data": ["<base64 image>"]}]')
     if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], Mapping):
         raise RequestError(400, "no_image", usage)
     if len(inputs) > 1:
         raise RequestError(400, "too_many_images", f"send one input tensor per request, got {len(inputs)}")
     tensor = inputs[0]
     if tensor.get("datatype") != "BYTES":
-        raise RequestError(400, "no_image", f"the input tensor's datatype must be BYTES, got {tensor.get('datatype')!r}: {usage}")
+        raise RequestError(400, "no_image",
+                           f"the input tensor's datatype must be BYTES, got {tensor.get('datatype')!r}: {usage}")
     data = tensor.get("data")
     if not isinstance(data, list) or not data:
         raise RequestError(400, "no_image", usage)

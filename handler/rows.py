@@ -1,7 +1,7 @@
 """What each TorchServe row becomes on its way through ``TaggerHandler``: ``Prepared`` (read and decoded), then
 ``Tagged`` (the model's detections), or at any step a ``Refusal`` (the HTTP error that answers it).
 
-The handler's own records: the tagging core knows nothing of requests or HTTP, and the entry file
+The handler's own records: the tagging core knows nothing of TorchServe or requests, and the entry file
 (``tagger_handler.py``) may define only its one class.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .decode import ImageError, ModelImage
-from .kserve import KServeEnvelope
-from .request_parsing import RequestError, TagOptions
+from .options import TagOptions
 from .tagging import Detection
+from .uploads import AnswerEnvelope, RequestError
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class Prepared:
 
     Args:
         options: how it wants its answer.
-        envelope: the KServe v1/v2 envelope its answer goes in; None: the answer as it is.
+        envelope: the envelope its answer goes in (KServe v1/v2); None: the answer as it is.
         image: its decoded image.
     """
 
     options: TagOptions
-    envelope: KServeEnvelope | None
+    envelope: AnswerEnvelope | None
     image: ModelImage
 
 
@@ -53,7 +53,7 @@ class Tagged:
     best first."""
 
     options: TagOptions
-    envelope: KServeEnvelope | None
+    envelope: AnswerEnvelope | None
     width: int
     height: int
     detections: list[Detection]

@@ -6,11 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from .precision import CPU_PRECISIONS
-from .request_parsing import RequestError, parse_format, parse_threshold
-
-# Keys of the same section that TorchServe itself reads (``profile`` switches on its @timed decorator).
-TORCHSERVE_KEYS = frozenset({"profile"})
+from .options import OptionError, parse_format, parse_threshold
+from .precision import CPU_RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -23,8 +20,9 @@ class ServingSettings:
         default_format: "dict" or "list", for requests that ask for neither.
         max_pixels: images with more pixels are refused before decoding; None means no limit.
         half_precision / channels_last: GPU speed-ups; ignored on CPU.
-        cpu_precision: "auto", "float32" or "bfloat16" on CPU (``handler/precision.py``); "auto" takes
-            bfloat16 where the CPU computes it natively, float32 elsewhere. Ignored on a GPU.
+        cpu_runtime: "auto", "float32", "bfloat16" or "onnxruntime" on CPU (``handler/precision.py``); "auto"
+            takes bfloat16 where the CPU computes it natively, else ONNX Runtime where it is installed, else
+            float32. Ignored on a GPU.
         torch_threads: threads of one CPU worker; None gives each worker its share of the cores
             (``handler/sizing.py``).
     """
@@ -34,7 +32,7 @@ class ServingSettings:
     default_format: str = "dict"
     max_pixels: int | None = 40_000_000
     half_precision: bool = False
-    cpu_precision: str = "auto"
+    cpu_runtime: str = "auto"
     channels_last: bool = False
     torch_threads: int | None = None
 
@@ -47,7 +45,7 @@ def settings_from_config(section: Mapping[str, Any] | None) -> ServingSettings:
     """
     section = dict(section or {})
     known = {f.name for f in fields(ServingSettings)}
-    unknown = sorted(set(section) - known - TORCHSERVE_KEYS)
+    unknown = sorted(set(section) - known)
     if unknown:
         raise ValueError(
             f"unknown key(s) in the handler section of the model config: {', '.join(unknown)} "
@@ -59,7 +57,7 @@ def settings_from_config(section: Mapping[str, Any] | None) -> ServingSettings:
             values["score_threshold"] = parse_threshold(values["score_threshold"])
         if "default_format" in values:
             values["default_format"] = parse_format(values["default_format"])
-    except RequestError as error:
+    except OptionError as error:
         raise ValueError(f"handler section of the model config: {error}") from None
     for key in ("max_detections", "max_pixels", "torch_threads"):
         value = values.get(key, 1)
@@ -68,7 +66,7 @@ def settings_from_config(section: Mapping[str, Any] | None) -> ServingSettings:
     for key in ("half_precision", "channels_last"):
         if not isinstance(values.get(key, False), bool):
             raise ValueError(f"handler section of the model config: {key} must be true or false, got {values[key]!r}")
-    if values.get("cpu_precision", "auto") not in CPU_PRECISIONS:
-        raise ValueError(f"handler section of the model config: cpu_precision must be one of "
-                         f"{', '.join(CPU_PRECISIONS)}, got {values['cpu_precision']!r}")
+    if values.get("cpu_runtime", "auto") not in CPU_RUNTIMES:
+        raise ValueError(f"handler section of the model config: cpu_runtime must be one of "
+                         f"{', '.join(CPU_RUNTIMES)}, got {values['cpu_runtime']!r}")
     return ServingSettings(**values)

@@ -24,14 +24,15 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler.core_sharing import CoreSharing, record_folder
 from handler.decode import ImageError
-from handler.kserve import open_envelope
 from handler.neighbours import NeighbourLoad
-from handler.request_parsing import RequestError, TagOptions, parse_request, read_json_parts
+from handler.options import TagOptions
+from handler.request_parsing import read_request
 from handler.rows import Prepared, Refusal, Tagged
 from handler.settings import settings_from_config
 from handler.sizing import configured_workers, cpu_cores, worker_layout
 from handler.tagging import Detection, ModelFailure, Tagger, detections_above, format_response
 from handler.text import error_line, shorten
+from handler.uploads import RequestError
 
 logger = logging.getLogger(__name__)
 MESSAGE_LIMIT = 200  # characters of an unforeseen exception's message quoted in an answer
@@ -68,10 +69,11 @@ class TaggerHandler(BaseHandler):
             self.model_pt_path,
             device=self.device,
             half_precision=self.settings.half_precision,
-            cpu_precision=self.settings.cpu_precision,
+            cpu_runtime=self.settings.cpu_runtime,
             channels_last=self.settings.channels_last,
         )
         self.model = self.tagger.model
+        logger.info("the model runs in %s on %s (%s)", self.tagger.runtime, self.device, layout.describe())
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[dict | list]:
@@ -94,14 +96,11 @@ class TaggerHandler(BaseHandler):
         prepared: list[Prepared | Refusal] = []
         for idx, row in enumerate(data):
             try:
-                headers = self.context.get_all_request_header(idx)
-                # The JSON is read once (by Content-Type); a KServe v1/v2 body opens into the plain request it
-                # holds, parsed like any other, and its envelope waits beside the options to wrap the answer,
-                # as TorchServe's own request envelopes wrap ``handle``.
-                row, envelope = open_envelope(read_json_parts(row, headers))
-                request = parse_request(row, headers, defaults=defaults)
+                # A KServe v1/v2 request's envelope waits beside its options to wrap the answer, as TorchServe's
+                # own request envelopes wrap ``handle``.
+                request = read_request(row, self.context.get_all_request_header(idx), defaults=defaults)
                 image = self.tagger.load_image(request.image, max_pixels=self.settings.max_pixels)
-                prepared.append(Prepared(options=request.options, envelope=envelope, image=image))
+                prepared.append(Prepared(options=request.options, envelope=request.envelope, image=image))
             except (RequestError, ImageError) as refusal:
                 prepared.append(Refusal.of(refusal))
             except Exception as exc:  # anything unforeseen in one stranger's request is that request's problem

@@ -1,6 +1,8 @@
-"""The tagging core: a checkpoint in, detections and tag responses out. It knows nothing of TorchServe, HTTP
-or request parsing, so the client, the benchmarks or another server can use it as is: it returns detections,
-a ``ModelFailure`` for an image the model failed on, and raises ``ImageError`` for an upload it cannot decode.
+"""The tagging core: a checkpoint in, detections and tag responses out. It knows nothing of TorchServe or of
+reading requests, so the client, the benchmarks or another server can use it as is: it returns detections, a
+``ModelFailure`` for an image the model failed on, and raises ``ImageError`` for an upload it cannot decode.
+An ``ImageError`` names the HTTP status and short code that answer it (``handler/decode.py``), so every server
+built on the core (TorchServe's handler, the benchmark's plain one) refuses a bad upload alike.
 
 An upload is decoded straight to the model's input size in 8 bits (``Tagger.load_image``); images go to the
 model as one list of tensors of their own sizes (torchvision resizes and batches them); boxes come back in
@@ -21,7 +23,8 @@ from torchvision.models.detection import FasterRCNN
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .decode import ModelImage, ModelInputSize, decode_for_model
-from .precision import autocast_dtype, reduced_precision
+from .onnx_runtime import OnnxDetector
+from .precision import autocast_dtype, reduced_precision, resolve_cpu_runtime
 from .text import error_line
 
 logger = logging.getLogger(__name__)
@@ -65,8 +68,8 @@ class Tagger:
         class_names: ``class_names[i]`` names model label ``i + 1`` (label 0 is the background).
         device: where the model runs.
         half_precision: run in float16 autocast on CUDA (ignored on CPU).
-        cpu_precision: "float32", "bfloat16" (autocast) or "auto" (bfloat16 where the CPU computes it natively)
-            on CPU; ignored on CUDA (``handler/precision.py``).
+        cpu_runtime: "float32", "bfloat16" (autocast), "onnxruntime" (ONNX Runtime, float32) or "auto" on CPU;
+            ignored on CUDA (``handler/precision.py``).
         channels_last: the channels-last memory format for the weights and the batched input on CUDA (ignored
             on CPU).
     """
@@ -78,7 +81,7 @@ class Tagger:
         class_names: Sequence[str],
         device: str | torch.device = "cpu",
         half_precision: bool = False,
-        cpu_precision: str = "float32",
+        cpu_runtime: str = "float32",
         channels_last: bool = False,
     ) -> None:
         outputs = model.roi_heads.box_predictor.cls_score.out_features
@@ -94,7 +97,12 @@ class Tagger:
             # that batch in the weights' memory format.
             self.model.backbone.register_forward_pre_hook(_channels_last_input)
         self.autocast_dtype = autocast_dtype(self.device.type, half_precision=half_precision,
-                                             cpu_precision=cpu_precision)
+                                             cpu_runtime=cpu_runtime)
+        # What a model call runs: the model, or on a CPU the same model exported to ONNX Runtime.
+        parameters = sum(parameter.numel() for parameter in self.model.parameters())
+        onnx = not on_gpu and resolve_cpu_runtime(cpu_runtime, parameters=parameters) == "onnxruntime"
+        self.run_model = OnnxDetector(self.model) if onnx else self.model
+        self.runtime = "onnxruntime" if onnx else str(self.autocast_dtype or torch.float32).removeprefix("torch.")
         # Uploads are copied to the GPU from page-locked memory, without waiting for the copy.
         self._pin_memory = on_gpu
 
@@ -105,7 +113,7 @@ class Tagger:
         *,
         device: str | torch.device = "cpu",
         half_precision: bool = False,
-        cpu_precision: str = "float32",
+        cpu_runtime: str = "float32",
         channels_last: bool = False,
     ) -> Tagger:
         """Rebuilds the model from an ``Epoch.N.pth`` file alone (read with ``weights_only=True``).
@@ -119,13 +127,14 @@ class Tagger:
             class_names=state["class_names"],
             device=device,
             half_precision=half_precision,
-            cpu_precision=cpu_precision,
+            cpu_runtime=cpu_runtime,
             channels_last=channels_last,
         )
 
     @property
     def input_size(self) -> ModelInputSize:
-        """The model's own resize rule: uploads are shrunk to it before they become float tensors."""
+        """The model's own resize rule, read from its transform here alone: uploads are shrunk to it before they
+        become float tensors, and thin images padded by it (``_pad_thin``)."""
         transform = self.model.transform
         return ModelInputSize(min_size=transform.min_size[-1], max_size=transform.max_size)
 
@@ -156,7 +165,7 @@ class Tagger:
             for indices in self._model_calls(batch):
                 if before_each_call is not None:
                     before_each_call()
-                for index, output in zip(indices, self.model([batch[i] for i in indices])):
+                for index, output in zip(indices, self.run_model([batch[i] for i in indices])):
                     outputs[index] = output
         return [self._detections(output, image) for output, image in zip(outputs, images)]
 
@@ -202,16 +211,16 @@ class Tagger:
 
     def _pad_thin(self, image: torch.Tensor) -> torch.Tensor:
         """Pads the short side (bottom or right, so boxes keep their coordinates) of an extreme image."""
-        transform = self.model.transform
+        fit = self.input_size
         height, width = image.shape[-2:]
         short, long = min(height, width), max(height, width)
-        scale = min(transform.min_size[-1] / short, transform.max_size / long)
-        if short * scale >= MIN_RESIZED_SIDE:
+        if short * fit.scale(width, height) >= MIN_RESIZED_SIDE:
             return image
-        padded_short = math.ceil(MIN_RESIZED_SIDE * long / transform.max_size)
+        # So thin an image is scaled by its long side alone (to max_size), padded or not.
+        padded_short = math.ceil(MIN_RESIZED_SIDE * long / fit.max_size)
         size = (padded_short, width) if height == short else (height, padded_short)
         # The mean colour normalises to 0, the value torchvision itself pads batches with.
-        mean = torch.as_tensor(transform.image_mean, dtype=image.dtype).view(3, 1, 1)
+        mean = torch.as_tensor(self.model.transform.image_mean, dtype=image.dtype).view(3, 1, 1)
         padded = mean.expand(3, *size).clone()
         padded[:, :height, :width] = image
         return padded

@@ -1,4 +1,4 @@
-"""Text for people: an exception, a traceback or a long value as one short line.
+"""Text for people: an exception, a traceback, a long text or a value as one short line.
 
 Standard library only, so every part of the project (the client included) can import it.
 """
@@ -28,6 +28,13 @@ def last_line(text: object) -> str:
 def shorten(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` characters, ending in ``...`` when it was cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_repr(value: object, limit: int = 40) -> str:
+    """A value as a message quotes it: its ``repr`` (bytes read as UTF-8 text first), at most ``limit`` long."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    return shorten(repr(value), limit)
 
 
 def _lines(text: object) -> list[str]:

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from scripts.model_archive import read_member
+from common.model_archive import read_member
 
 SOURCE_RECORD = "source.json"  # at the archive's root, beside model-config.yaml
 _CHUNK = 1 << 20

@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 import psutil
 
 from client.config import ServerConfigError, read_properties, read_server_config
+from common.model_archive import ArchiveReadError, packed_model_config
 from project import ROOT, SERVER_CONFIG
-from scripts.model_archive import ArchiveReadError, packed_model_config
 
 TEMPLATE = ROOT / "deploy" / "front-door" / "nginx.conf.template"
 DOOR_DIR = ROOT / "logs" / "front-door"  # the rendered config, pid file, logs and body buffers

@@ -20,18 +20,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from client.config import ServerConfigError, read_server_config
-from handler.checkpoint import CheckpointError, load_checkpoint, newest_checkpoint, save_serving_checkpoint
+from common.model_archive import PACKED_MODEL_CONFIG, ArchiveReadError, member_names, read_member
+from handler.checkpoint import CheckpointError, load_checkpoint
 from handler.detector import build_detector_from_config
 from handler.text import last_line
 from project import HANDLER_PACKAGE, MODEL_CONFIG, SERVER_CONFIG, SHIPPED_CHECKPOINT
 from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
-from scripts.model_archive import PACKED_MODEL_CONFIG, ArchiveReadError, member_names, read_member
 from scripts.serve import start_line_by_hand
+from training.checkpoints import newest_checkpoint, save_serving_checkpoint
 
 ENTRY_FILE = "tagger_handler.py"
 MODEL_VERSION = "1.0"  # the version TorchServe reports for the model (its name is the archive's, load_models)
@@ -39,6 +41,16 @@ MODEL_VERSION = "1.0"  # the version TorchServe reports for the model (its name 
 
 class ArchiveError(RuntimeError):
     """The archive could not be built (missing handler files, torch-model-archiver failed)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchiverInputs:
+    """The files torch-model-archiver packs, staged in a private folder."""
+
+    weights: Path  # --serialized-file: the serving copy of the checkpoint
+    entry_file: Path  # --handler
+    extra: Path  # --extra-files: a folder whose contents land at the archive's root
+    model_config: Path  # --config-file
 
 
 def build_archive(
@@ -73,48 +85,83 @@ def build_archive(
         work = Path(tmp)
         # The checkpoint is read once, into a private copy that is hashed as it is written: the record names
         # the very bytes packed, also when training replaces the checkpoint meanwhile.
-        (work / "source").mkdir()
         read_once = work / "source" / checkpoint.name
-        try:
-            source = ArchiveSource.of(checkpoint, copy_to=read_once)
-        except (FileNotFoundError, IsADirectoryError):
-            raise CheckpointError(f"checkpoint not found: {checkpoint}") from None
-        # Float16 halves the file and the worker's load time; the model loads the weights into its float32
-        # parameters, so detections move by rounding only (README: "The model archive").
-        weights = save_serving_checkpoint(read_once, work / "weights" / checkpoint.name, float16=True,
-                                          shown_as=checkpoint)
-        check_weights_fit_config(weights, source=checkpoint)
-        # torch-model-archiver copies the *contents* of a folder given in --extra-files to the archive root, so
-        # the handler package goes one level down to arrive as handler/.
+        source = copy_checkpoint(checkpoint, read_once)
+        weights = write_serving_weights(read_once, work / "weights" / checkpoint.name, shown_as=checkpoint)
         extra = work / "extra"
-        for name, path in packed_package_files(handler_package).items():
-            (extra / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, extra / name)
-        source.write(extra / SOURCE_RECORD)
+        stage_extra_files(extra, handler_package=handler_package, source=source)
         # torch-model-archiver packs --config-file under its own file name; the readers of an archive look
-        # for one name (scripts/model_archive.py).
+        # for one name (common/model_archive.py).
         packed_config = work / PACKED_MODEL_CONFIG
         shutil.copyfile(model_config_file, packed_config)
-        export = work / "export"
-        export.mkdir()
-        command = [
-            sys.executable, "-m", "model_archiver.model_packaging",
-            "--model-name", output.stem,
-            "--version", MODEL_VERSION,
-            "--serialized-file", str(weights),
-            "--handler", str(entry_file),
-            "--extra-files", str(extra),
-            "--config-file", str(packed_config),
-            "--export-path", str(export),
-        ]
-        # The archiver stages files in $TMPDIR/<model name>; a private TMPDIR lets two builds run at once.
-        env = {**os.environ, "TMPDIR": str(work)}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        built = export / f"{output.stem}.mar"
-        if done.returncode != 0 or not built.is_file():
-            raise ArchiveError(f"torch-model-archiver failed: {last_line(done.stderr or done.stdout)}")
-        os.replace(built, output)
+        inputs = ArchiverInputs(weights=weights, entry_file=entry_file, extra=extra, model_config=packed_config)
+        os.replace(run_archiver(inputs, model_name=output.stem, work=work), output)
     return output
+
+
+def copy_checkpoint(checkpoint: Path, copy: Path) -> ArchiveSource:
+    """Copies ``checkpoint`` to ``copy``; returns the record of the bytes copied.
+
+    Raises:
+        CheckpointError: no such file.
+    """
+    copy.parent.mkdir(parents=True)
+    try:
+        return ArchiveSource.of(checkpoint, copy_to=copy)
+    except (FileNotFoundError, IsADirectoryError):
+        raise CheckpointError(f"checkpoint not found: {checkpoint}") from None
+
+
+def write_serving_weights(source: Path, output: Path, *, shown_as: Path) -> Path:
+    """Writes the serving copy of the checkpoint ``source`` to ``output`` and checks that its weights fit its model.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read or its weights do not fit its own model config; the
+            message names ``shown_as``.
+    """
+    # Float16 halves the file and the worker's load time; the model loads the weights into its float32
+    # parameters, so detections move by rounding only (README: "The model archive").
+    weights = save_serving_checkpoint(source, output, float16=True, shown_as=shown_as)
+    check_weights_fit_config(weights, source=shown_as)
+    return weights
+
+
+def stage_extra_files(extra: Path, *, handler_package: Path, source: ArchiveSource) -> None:
+    """Fills ``extra`` with what the archive holds beside the entry file: the handler package and the source
+    record."""
+    # torch-model-archiver copies the *contents* of a folder given in --extra-files to the archive root, so
+    # the handler package goes one level down to arrive as handler/.
+    for name, path in packed_package_files(handler_package).items():
+        (extra / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, extra / name)
+    source.write(extra / SOURCE_RECORD)
+
+
+def run_archiver(inputs: ArchiverInputs, *, model_name: str, work: Path) -> Path:
+    """Runs torch-model-archiver on ``inputs``; returns the ``.mar`` it wrote into ``work``.
+
+    Raises:
+        ArchiveError: torch-model-archiver failed.
+    """
+    export = work / "export"
+    export.mkdir()
+    command = [
+        sys.executable, "-m", "model_archiver.model_packaging",
+        "--model-name", model_name,
+        "--version", MODEL_VERSION,
+        "--serialized-file", str(inputs.weights),
+        "--handler", str(inputs.entry_file),
+        "--extra-files", str(inputs.extra),
+        "--config-file", str(inputs.model_config),
+        "--export-path", str(export),
+    ]
+    # The archiver stages files in $TMPDIR/<model name>; a private TMPDIR lets two builds run at once.
+    env = {**os.environ, "TMPDIR": str(work)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    built = export / f"{model_name}.mar"
+    if done.returncode != 0 or not built.is_file():
+        raise ArchiveError(f"torch-model-archiver failed: {last_line(done.stderr or done.stdout)}")
+    return built
 
 
 def check_weights_fit_config(path: Path, *, source: Path) -> None:

@@ -41,14 +41,14 @@ from ts.model_server import TS_NAMESPACE
 
 from client.config import ServerConfig, ServerConfigError, read_server_config
 from client.keys import KEY_FILE, KeyFileError, TorchServeKeys, bearer, read_keys
+from common.model_archive import ArchiveReadError, packed_model_config
 from handler.core_sharing import sweep_stale_records
-from handler.precision import describe_cpu_precision
+from handler.precision import describe_cpu_runtime
 from handler.settings import settings_from_config
 from handler.sizing import WorkerLayout, configured_workers, cpu_cores, worker_layout
 from handler.text import shorten
 from project import LOG_CONFIG, SERVE_DIR, SERVER_CONFIG
 from scripts.archive_source import SOURCE_RECORD, ArchiveSource, read_archive_source
-from scripts.model_archive import ArchiveReadError, packed_model_config
 
 CONSOLE_LOG = Path("logs") / "console.log"
 WATCHDOG_LOG = Path("logs") / "watchdog.log"
@@ -512,7 +512,7 @@ def served_precision(config: ServerConfig, layout: WorkerLayout) -> str:
     settings = settings_from_config(packed_model_config(config.archive).get("handler"))
     if layout.gpus:
         return "float16 autocast (handler.half_precision)" if settings.half_precision else "float32"
-    return describe_cpu_precision(settings.cpu_precision)
+    return describe_cpu_runtime(settings.cpu_runtime)
 
 
 def _serve(config_file: Path, timeout: float, *, start_dir: Path) -> int:
@@ -560,7 +560,7 @@ def _print_usage(
     print(f"Checkpoint: {source.describe()}, packed in {config.archive}." if source is not None else
           f"Checkpoint: unknown, {config.archive} has no {SOURCE_RECORD} (`make archive` rebuilds it with one).")
     print(f"Workers: {layout.describe()}; set minWorkers/maxWorkers in model/model-config.yaml to change.")
-    print(f"Precision: {precision}; handler.cpu_precision and handler.half_precision in model/model-config.yaml.")
+    print(f"Model runs in: {precision}; handler.cpu_runtime and handler.half_precision in model/model-config.yaml.")
     print(f'  curl -H "Authorization: Bearer $({read_key})" -F data=@{image} {url}')
     print(f"  python -m client.tag {image} --draw out/")
     expires = keys.inference_expires.astimezone().strftime("%H:%M")

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from handler.checkpoint import checkpoint_name, save_checkpoint
-from handler.detector import model_config, build_detector_from_config
+from handler.detector import build_detector_from_config
 from project import ROOT, SHIPPED_CHECKPOINT
-from training.demo import DEMO_RECIPE
+from training.checkpoints import checkpoint_name, save_checkpoint
+from training.presets import DEMO, model_config
 from training.synthetic import CLASS_NAMES, write_dataset
 
 
 # The demo recipe of `make demo-model`, run for a few steps only: the suite's own training shows that the
 # real CLI learns from scratch; the trained-model tests use the shipped checkpoint (model/demo.pth).
-DEMO_TRAIN_ARGS = [*DEMO_RECIPE, "--workers", "0", "--no-progress"]
+DEMO_TRAIN_ARGS = [*DEMO.recipe, "--workers", "0", "--no-progress"]
 TEST_TRAIN_IMAGES = 96
 TEST_EPOCHS = 3
 TEST_STEPS_PER_EPOCH = 12

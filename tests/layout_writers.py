@@ -1,7 +1,7 @@
 """Writes one set of labelled images in each layout training/layouts.py reads, as labelling tools export them.
 
-Layouts with splits of their own get the images that the hash split of a layout without splits would put
-there, so every layout of one set holds the same train and val images.
+Layouts with splits of their own get the images that the content split of a layout without splits would put
+there, so every layout of one set holds the same train and val images (and none of the content split's test).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from project import RACCOON
 from tests.test_datasets import open_with_warnings, write_voc_xml
-from training.datasets import hash_held_out
+from training.datasets import content_split
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,11 @@ class Sample:
 
     @property
     def split(self) -> str:
-        return "val" if hash_held_out(self.image.stem) else "train"
+        return content_split(self.image, self.image.name)
 
 
 def raccoon_samples(*, count: int, val: int) -> list[Sample]:
-    """The first ``count - val`` training and ``val`` validation photos of the raccoon set (by the hash split)."""
+    """The first ``count - val`` training and ``val`` validation photos of the raccoon set (by the content split)."""
     dataset, _ = open_with_warnings(RACCOON, "all")
     samples = [Sample(image=r.path, width=r.width, height=r.height, boxes=list(r.boxes),
                       names=[dataset.class_names[label - 1] for label in r.labels]) for r in dataset.records]
@@ -45,17 +45,13 @@ def raccoon_samples(*, count: int, val: int) -> list[Sample]:
 
 
 def generated_samples(folder: Path, *, train: int = 5, val: int = 2) -> list[Sample]:
-    """Coloured rectangles of two classes ("box" red, "cross" blue) on grey, one image without objects, one PNG."""
+    """Coloured rectangles of two classes ("box" red, "cross" blue) on grey, one image without objects, one PNG;
+    images that the content split puts into a split no longer wanted (or into test) are not kept."""
     samples: list[Sample] = []
     wanted = {"train": train, "val": val}
     number = 0
     while any(wanted.values()):
         number += 1
-        stem = f"shapes-{number}"
-        split = "val" if hash_held_out(stem) else "train"
-        if not wanted[split]:
-            continue
-        wanted[split] -= 1
         width, height = 120 + 8 * number, 90 + 4 * number
         image = Image.new("RGB", (width, height), (128, 128, 128))
         draw = ImageDraw.Draw(image)
@@ -65,10 +61,15 @@ def generated_samples(folder: Path, *, train: int = 5, val: int = 2) -> list[Sam
             names = ["box", "cross"] if number % 2 else ["cross", "box"]
             for box, name in zip(boxes, names):
                 draw.rectangle(box, fill=(220, 30, 30) if name == "box" else (30, 30, 220))
-        path = folder / f"{stem}.{'png' if number == 3 else 'jpg'}"
+        path = folder / f"shapes-{number}.{'png' if number == 3 else 'jpg'}"
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
-        samples.append(Sample(image=path, width=width, height=height, boxes=boxes, names=names))
+        sample = Sample(image=path, width=width, height=height, boxes=boxes, names=names)
+        if not wanted.get(sample.split):
+            path.unlink()
+            continue
+        wanted[sample.split] -= 1
+        samples.append(sample)
     return samples
 
 

@@ -20,16 +20,19 @@ import pytest
 import torch
 import yaml
 
-from handler.checkpoint import load_checkpoint, save_checkpoint
-from handler.detector import build_detector_from_config, model_config
-from scripts import make_archive as make_archive_cli
-from scripts.archive_source import ArchiveSource, read_archive_source
-from scripts.make_archive import archive_is_current, build_archive
-from project import MODEL_CONFIG, ROOT, SHIPPED_CHECKPOINT
-from scripts.model_archive import (
+from common.model_archive import (
     MANIFEST, ArchiveReadError, extract_serialized_file, member_names, packed_model_config, read_member,
 )
+from handler.checkpoint import load_checkpoint
+from handler.detector import build_detector_from_config
+from project import MODEL_CONFIG, ROOT, SHIPPED_CHECKPOINT
+from scripts import make_archive as make_archive_cli
+from scripts.archive_source import ArchiveSource, read_archive_source
+from scripts.make_archive import ENTRY_FILE, archive_is_current, build_archive
 from scripts.serve import start_line_by_hand
+from tests.test_import_graph import module_name, project_imports
+from training.checkpoints import save_checkpoint
+from training.presets import model_config
 from training.synthetic import CLASS_NAMES
 
 
@@ -45,6 +48,49 @@ def training_checkpoint(path: Path, **config_overrides) -> Path:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     return save_checkpoint(path, model=model, model_config=config, class_names=CLASS_NAMES, epoch=3,
                            optimizer=optimizer, args={"lr": 0.01, "data": "/data/private/photos"})
+
+
+def never_imported_by_the_worker(archive: Path, folder: Path) -> list[str]:
+    """The ``.py`` files packed in ``archive`` that the worker never imports: none of the imports reached from the
+    entry file, at any depth of the code (one inside a function counts), names them. ``folder`` is where the
+    archive is extracted."""
+    with zipfile.ZipFile(archive) as packed:
+        packed.extractall(folder)
+    # Module name -> its file, as the worker finds it (the model folder is on its sys.path).
+    modules = {module_name(path.relative_to(folder)): path for path in folder.rglob("*.py")}
+    reached: set[str] = set()
+    waiting = [Path(ENTRY_FILE).stem]  # TorchServe imports it from the archive's root
+    while waiting:
+        module = waiting.pop()
+        if module in reached:
+            continue
+        reached.add(module)
+        for name in project_imports(modules[module], module):
+            # Importing handler.tagging runs handler/__init__.py first; `from handler.tagging import Tagger` names
+            # no module as its last part.
+            parts = name.split(".")
+            waiting += [prefix for prefix in (".".join(parts[:n]) for n in range(1, len(parts) + 1))
+                        if prefix in modules]
+    return sorted(path.relative_to(folder).as_posix() for module, path in modules.items() if module not in reached)
+
+
+def test_the_worker_imports_every_python_file_the_archive_packs(tmp_path):
+    archive = build_archive(training_checkpoint(tmp_path / "Epoch.3.pth"), output=tmp_path / "tagger.mar",
+                            model_config_file=MODEL_CONFIG)
+    packed = sorted(name for name in member_names(archive) if name.endswith(".py"))
+    assert "tagger_handler.py" in packed and "handler/tagging.py" in packed, packed
+
+    assert never_imported_by_the_worker(archive, tmp_path / "unpacked") == [], f"packed: {packed}"
+
+
+def test_a_packed_module_the_worker_never_imports_is_named(tmp_path):
+    package = tmp_path / "handler"
+    shutil.copytree(ROOT / "handler", package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "training_only.py").write_text("from handler.detector import make_faster_rcnn\n")
+    archive = build_archive(training_checkpoint(tmp_path / "Epoch.3.pth"), output=tmp_path / "tagger.mar",
+                            model_config_file=MODEL_CONFIG, handler_package=package)
+
+    assert never_imported_by_the_worker(archive, tmp_path / "unpacked") == ["handler/training_only.py"]
 
 
 def test_archive_holds_each_file_once_and_only_what_serving_reads(tmp_path):

@@ -1,16 +1,20 @@
-"""--backbone-weights: ImageNet weights through torchvision's weights API (from the torch cache), offline errors."""
+"""--backbone-weights: ImageNet weights through torchvision's weights API (from the torch cache), offline errors,
+and torchvision's classification weights mapped onto the detector's backbone."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.models import vgg16
+from torch import nn
+from torchvision.models import resnet50, vgg16
 
 from handler.checkpoint import load_checkpoint
 from tests.conftest import run_module
 from tests.test_datasets import RACCOON
 from training import train
-from training.backbones import backbone_start_state, default_backbone_weights, imagenet_file
+from training.backbones import (backbone_start_state, backbone_state_from_torchvision, default_backbone_weights,
+                                imagenet_file)
+from training.presets import build_detector
 
 # Cheap seed models: small images and a narrow RoI head (the backbone is what these tests are about).
 SMALL_MODEL = ["--model-override", "min_size=128", "--model-override", "max_size=160",
@@ -56,3 +60,45 @@ def test_offline_without_the_cached_file_stops_with_one_line_naming_file_and_fol
     assert f"put resnet50-0676ba61.pth (from https://download.pytorch.org/models/resnet50-0676ba61.pth) " \
            f"into {torch_home / 'hub' / 'checkpoints'}" in lines[0]
     assert not list(tmp_path.glob("Epoch.*.pth"))
+
+
+TORCHVISION_CLASSIFIERS = {"vgg16": vgg16, "resnet50": resnet50}
+
+
+@pytest.mark.parametrize("backbone", sorted(TORCHVISION_CLASSIFIERS))
+def test_torchvision_weights_load_onto_the_backbone(backbone):
+    torch.manual_seed(2)
+    classifier = TORCHVISION_CLASSIFIERS[backbone](weights=None).eval()
+    # Random batch-norm values too: fresh ones equal frozen batch norm's, so loading them would not show.
+    with torch.no_grad():
+        for norm in (m for m in classifier.modules() if isinstance(m, nn.BatchNorm2d)):
+            for tensor in (norm.weight, norm.running_var):
+                tensor.uniform_(0.5, 1.5)
+            for tensor in (norm.bias, norm.running_mean):
+                tensor.normal_(0, 0.1)
+    torch.manual_seed(0)
+    # The seed's backbone; a narrow RoI head (the seed's fc6 alone holds 100-400 M weights) changes nothing of it.
+    detector_backbone = build_detector(backbone, representation_size=64).backbone.eval()
+    mapped = backbone_state_from_torchvision(backbone, classifier.state_dict())
+    assert not any(k.startswith(("classifier.", "fc.")) for k in mapped)
+    assert not all(torch.equal(detector_backbone.state_dict()[k], v) for k, v in mapped.items()
+                   if k in detector_backbone.state_dict())
+
+    result = detector_backbone.load_state_dict(mapped, strict=True)
+
+    assert (result.missing_keys, result.unexpected_keys) == ([], [])
+    loaded = detector_backbone.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in mapped.items() if k in loaded)
+    # The same network: the classifier's feature layers and the detector's backbone agree on an image.
+    trunk = classifier.features[:-1] if backbone == "vgg16" else nn.Sequential(*list(classifier.children())[:-2])
+    image = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = trunk(image)
+        # Frozen batch norm folds its statistics into one scale and shift: float rounding differs a little.
+        torch.testing.assert_close(detector_backbone(image), expected, rtol=1e-4,
+                                   atol=1e-4 * expected.abs().max().item())
+
+
+def test_demo_has_no_torchvision_weights_format():
+    with pytest.raises(ValueError, match="backbone 'demo' has no torchvision weights format"):
+        backbone_state_from_torchvision("demo", {})

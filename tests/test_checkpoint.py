@@ -15,18 +15,12 @@ import pytest
 import torch
 from torchvision.transforms.functional import to_tensor
 
-from handler.checkpoint import (
-    CheckpointError,
-    checkpoint_name,
-    load_checkpoint,
-    model_from_checkpoint,
-    newest_checkpoint,
-    save_checkpoint,
-    save_serving_checkpoint,
-)
-from handler.detector import build_detector_from_config, model_config
+from handler.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from handler.detector import build_detector_from_config
 from scripts import make_archive
 from training import train
+from training.checkpoints import checkpoint_name, newest_checkpoint, save_checkpoint, save_serving_checkpoint
+from training.presets import model_config
 from training.synthetic import CLASS_NAMES, render_image
 
 CHECKPOINT_KEYS = {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "model_config", "class_names", "args"}

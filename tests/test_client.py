@@ -21,9 +21,9 @@ from PIL import Image
 from ts.model_server import load_properties
 
 from client.config import ServerConfig, ServerConfigError, read_properties, read_server_config
-from client.draw import DrawingFolder, label_color
 from client.keys import KeyFileError, read_keys
 from client.tag import RetryPolicy, TagResult, describe_refusal, format_result, is_retryable, main, tag_image
+from common.draw import DrawingFolder, label_color
 from project import ROOT, SERVER_CONFIG
 
 

@@ -8,8 +8,9 @@ import torch
 from torchvision.io import read_image
 from torchvision.ops import box_iou
 
-from handler.checkpoint import load_checkpoint, model_from_checkpoint, save_serving_checkpoint
+from handler.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import TEST_EPOCHS
+from training.checkpoints import save_serving_checkpoint
 from training.demo import RECALL_SIZES, tag_recall
 
 

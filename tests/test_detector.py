@@ -8,7 +8,6 @@ demo preset.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import math
@@ -21,20 +20,12 @@ import pytest
 import torch
 from torch import nn
 from torchvision.io import ImageReadMode, decode_image
-from torchvision.models import resnet50, vgg16
 from torchvision.models.detection import FasterRCNN
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, box_iou
 
 from handler.checkpoint import load_checkpoint, model_from_checkpoint
-from handler.detector import (
-    BACKBONE_NORMS,
-    BACKBONES,
-    backbone_state_from_torchvision,
-    build_detector,
-    build_detector_from_config,
-    make_faster_rcnn,
-    model_config,
-)
+from handler.detector import BACKBONE_NORMS, BACKBONES, build_detector_from_config, make_faster_rcnn
+from training.presets import PRESETS, build_detector, model_config
 from training.synthetic import render_image
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -499,7 +490,7 @@ def test_unknown_override_is_refused_with_its_name():
 @pytest.mark.parametrize("backbone", ["vgg19", "", "VGG16"])
 def test_unknown_backbone_is_refused_with_the_choices(backbone):
     choices = "choose one of: vgg16, resnet50, demo"
-    assert ", ".join(BACKBONES) == "vgg16, resnet50, demo"
+    assert ", ".join(BACKBONES) == ", ".join(PRESETS) == "vgg16, resnet50, demo"
     with pytest.raises(ValueError, match=f"unknown backbone '{backbone}'; {choices}"):
         build_detector(backbone)
     with pytest.raises(ValueError, match=f"unknown backbone '{backbone}'; {choices}"):
@@ -511,43 +502,3 @@ def test_a_config_with_an_unknown_setting_is_refused_by_name():
     config = {**model_config("demo"), "rpn_conv_depth": 2}
     with pytest.raises(ValueError, match=r"unknown model setting\(s\): rpn_conv_depth"):
         build_detector_from_config(config)
-
-
-# --- torchvision backbone weights --------------------------------------------------------------------------
-
-
-TORCHVISION_CLASSIFIERS = {"vgg16": vgg16, "resnet50": resnet50}
-
-
-def test_torchvision_weights_load_onto_the_backbone(seed_model, seed_backbone):
-    torch.manual_seed(2)
-    classifier = TORCHVISION_CLASSIFIERS[seed_backbone](weights=None).eval()
-    # Random batch-norm values too: fresh ones equal frozen batch norm's, so loading them would not show.
-    with torch.no_grad():
-        for norm in (m for m in classifier.modules() if isinstance(m, nn.BatchNorm2d)):
-            for tensor in (norm.weight, norm.running_var):
-                tensor.uniform_(0.5, 1.5)
-            for tensor in (norm.bias, norm.running_mean):
-                tensor.normal_(0, 0.1)
-    backbone = copy.deepcopy(seed_model.backbone)
-    mapped = backbone_state_from_torchvision(seed_backbone, classifier.state_dict())
-    assert not any(k.startswith(("classifier.", "fc.")) for k in mapped)
-    assert not all(torch.equal(backbone.state_dict()[k], v) for k, v in mapped.items() if k in backbone.state_dict())
-
-    result = backbone.load_state_dict(mapped, strict=True)
-
-    assert (result.missing_keys, result.unexpected_keys) == ([], [])
-    loaded = backbone.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in mapped.items() if k in loaded)
-    # The same network: the classifier's feature layers and the detector's backbone agree on an image.
-    trunk = classifier.features[:-1] if seed_backbone == "vgg16" else nn.Sequential(*list(classifier.children())[:-2])
-    image = torch.rand(1, 3, 96, 128)
-    with torch.no_grad():
-        expected = trunk(image)
-        # Frozen batch norm folds its statistics into one scale and shift: float rounding differs a little.
-        torch.testing.assert_close(backbone(image), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
-
-
-def test_demo_has_no_torchvision_weights_format():
-    with pytest.raises(ValueError, match="backbone 'demo' has no torchvision weights format"):
-        backbone_state_from_torchvision("demo", {})

@@ -11,12 +11,13 @@ import pytest
 from torch.utils.data import DataLoader, SequentialSampler
 from torchvision.transforms.functional import pil_to_tensor
 
-from handler.detector import build_detector_from_config, model_config
+from handler.detector import build_detector_from_config
 from training.augmentation import RandomHorizontalFlip
 from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
 from training.datasets import DatasetWarning, UnreadableImage
 from training.distributed import Agreement, StepState, agree, reduce_dict
 from training.engine import coco_map, format_metrics_table, train_one_epoch
+from training.presets import model_config
 from training.synthetic import render_image
 
 NAMES = ["cat", "dog", "owl"]

@@ -34,15 +34,16 @@ from ts.utils.util import list_classes_from_module
 
 import handler.tagger_handler as tagger_handler_module
 from benchmarks.gpu_check import BOX_TOLERANCE_PX, compare
-from handler.checkpoint import save_checkpoint
 from handler.decode import EmptyImageError, decode_image
-from handler.detector import build_detector_from_config, model_config
-from handler.request_parsing import RequestError
+from handler.detector import build_detector_from_config
 from handler.rows import Refusal
 from handler.tagger_handler import TaggerHandler
 from handler.tagging import Detection
+from handler.uploads import RequestError
 from scripts.make_archive import build_archive
 from tests.test_decode import ftyp, malformed_exif_png
+from training.checkpoints import save_checkpoint
+from training.presets import model_config
 from training.synthetic import CLASS_NAMES, render_image
 
 METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
@@ -318,17 +319,19 @@ def test_error_body():
 
 
 def test_an_image_the_model_fails_on_is_answered_500_alone(service):
-    model = service._entry_point.__self__.tagger.model
+    tagger = service._entry_point.__self__.tagger
+    run_model = tagger.run_model  # PyTorch's model or ONNX Runtime's, as the worker chose
 
-    def fail_on_77_wide(module, args):
-        if any(image.shape[-1] == 77 for image in args[0]):
+    def fail_on_77_wide(images):
+        if any(image.shape[-1] == 77 for image in images):
             raise RuntimeError("no kernel for this image\nsecond line of the trace")
+        return run_model(images)
 
-    hook = model.register_forward_pre_hook(fail_on_77_wide)
+    tagger.run_model = fail_on_77_wide
     try:
         replies = ask(service, [raw(noise(64, 48)), raw(noise(77, 40)), raw(noise(64, 48))])
     finally:
-        hook.remove()
+        tagger.run_model = run_model
     assert [r.status for r in replies] == [200, 500, 200]
     assert replies[1].body == {"error": "inference_failed",
                                "message": "the model failed on this image (RuntimeError: no kernel for this image)"}

@@ -1,4 +1,5 @@
-"""The project's modules import one another in one direction: no import cycle."""
+"""The project's modules import one another in one direction: each package only the packages below it, and no
+import cycle."""
 
 from __future__ import annotations
 
@@ -7,12 +8,24 @@ from pathlib import Path
 
 from project import ROOT
 
-PACKAGES = ("handler", "training", "scripts", "client", "benchmarks")
+PACKAGES = ("handler", "common", "training", "scripts", "client", "benchmarks")
+# The packages each one may import besides itself: they stand on floors, and an import only goes down. handler/ is
+# packed into the model archive alone, so it imports no other; common/ holds what training and the tools both use
+# (reading a .mar, drawing boxes), so that training/ imports neither scripts/ nor client/.
+MAY_IMPORT = {
+    "project": set(),
+    "handler": set(),
+    "common": set(),
+    "client": {"common", "handler", "project"},
+    "training": {"common", "handler", "project"},
+    "scripts": {"client", "common", "handler", "project", "training"},
+    "benchmarks": {"client", "common", "handler", "project", "scripts", "training"},
+}
 
 
 def project_imports(path: Path, module: str) -> set[str]:
     """The project modules that ``module`` (the file at ``path``) imports, at any depth of its code."""
-    package = module.rpartition(".")[0]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -28,10 +41,18 @@ def project_imports(path: Path, module: str) -> set[str]:
     return found
 
 
-def module_graph() -> dict[str, set[str]]:
-    modules = {".".join(path.relative_to(ROOT).with_suffix("").parts): path
-               for package in PACKAGES for path in (ROOT / package).glob("*.py") if path.name != "__init__.py"}
-    modules["project"] = ROOT / "project.py"
+def module_name(relative: Path) -> str:
+    """The module a ``.py`` file (relative to the folder on ``sys.path``) is imported as: ``handler/tagging.py`` as
+    ``handler.tagging``, ``handler/__init__.py`` as ``handler``."""
+    parts = relative.with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Each module of the repository at ``root`` and the project modules it imports."""
+    modules = {module_name(path.relative_to(root)): path
+               for package in PACKAGES for path in (root / package).rglob("*.py")}
+    modules["project"] = root / "project.py"
     return {module: {name for name in project_imports(path, module) if name in modules} - {module}
             for module, path in modules.items()}
 
@@ -59,6 +80,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def imports_going_up(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of ``graph`` into a package its package may not import (``MAY_IMPORT``), as "a.b -> c.d"."""
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if target.split(".")[0] not in MAY_IMPORT[module.split(".")[0]] | {module.split(".")[0]})
+
+
 def test_find_cycle_finds_a_cycle_and_only_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
@@ -69,3 +96,17 @@ def test_the_project_has_no_import_cycle():
     assert {"handler.tagging", "training.train", "scripts.serve", "client.tag", "project"} <= graph.keys()
     assert "handler.checkpoint" in graph["handler.tagging"]  # relative imports are resolved
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_imports_going_up_finds_training_leaning_on_the_tools():
+    graph = {"training.train": {"scripts.model_archive", "common.model_archive", "training.engine"},
+             "training.events": {"client.draw"}, "scripts.make_archive": {"training.checkpoints"},
+             "handler.tagging": {"project"}}
+    assert imports_going_up(graph) == ["handler.tagging -> project", "training.events -> client.draw",
+                                       "training.train -> scripts.model_archive"]
+
+
+def test_every_package_imports_only_the_packages_below_it():
+    graph = module_graph()
+    assert {package for module in graph for package in [module.split(".")[0]]} == set(MAY_IMPORT)
+    assert imports_going_up(graph) == []

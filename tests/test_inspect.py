@@ -6,7 +6,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from client.draw import label_color
+from common.draw import label_color
 from project import RACCOON
 from tests.conftest import run_module
 from tests.test_datasets import build_malformed_exif_voc, build_messy_flat_voc, write_image, write_voc_xml
@@ -29,10 +29,10 @@ def test_raccoon_report_counts_sizes_and_contact_sheet(tmp_path):
     assert "classes:  1 (raccoon)" in lines
     table = lines[lines.index("classes:  1 (raccoon)") + 2:][:6]
     assert [line.split() for line in table] == [
-        ["split", "train", "val"], ["images", "176", "24"], ["boxes", "192", "25"], ["negatives", "0", "0"],
-        ["boxes", "per", "class:"], ["raccoon", "192", "25"]]
+        ["split", "train", "val"], ["images", "169", "16"], ["boxes", "184", "17"], ["negatives", "0", "0"],
+        ["boxes", "per", "class:"], ["raccoon", "184", "17"]]
     sizes = next(line for line in lines if line.startswith("  min "))
-    assert "(192 training boxes)" in sizes
+    assert "(184 training boxes)" in sizes
     assert "  train: none" in lines and "  val: none" in lines
     assert f"contact sheet: {sheet} (12 train images with their boxes)" in lines
     assert lines[-1] == "ok: training.train can start with these options"

@@ -31,11 +31,12 @@ import yaml
 from ts.model_server import load_properties
 from ts.version import __version__ as TORCHSERVE_VERSION
 
-from handler.kserve import KServeEnvelope, open_envelope
-from handler.request_parsing import read_json_parts
+from common.model_archive import MANIFEST, packed_model_config, read_member
+from handler.kserve import KServeEnvelope, read_v2
+from handler.request_parsing import unwrap
+from handler.uploads import UnwrappedRequest, read_json_parts
 from project import MODEL_CONFIG, ROOT
 from scripts.kserve_bundle import POD_WORKERS, get_args_parser, pod_model_config, write_bundle
-from scripts.model_archive import MANIFEST, packed_model_config, read_member
 from scripts.serve import java_home
 from tests.kserve_pod import (
     KSERVE_MOUNT, METRICS_PORT, MODEL_SERVER_PORT, RUNTIME_COMMAND, RUNTIME_UID, SERVICE_ENVELOPES, Pod,
@@ -197,18 +198,21 @@ def v2_result(answer: requests.Response):
     return json.loads(text)
 
 
-def test_kserve_bodies_open_into_the_plain_json_request_and_other_rows_pass():
-    plain_json, image = {"body": {"data": "QUJD"}}, {"body": bytearray(b"\xff\xd8\xff\xe0 a JPEG")}
-    assert open_envelope(plain_json) == (plain_json, None) and open_envelope(image) == (image, None)
-    # JSON with a charset (as some clients send it), which TorchServe hands over as bytes: read once, then opened.
+def test_kserve_adapters_take_the_image_and_options_out_and_keep_the_envelope():
+    # JSON with a charset (as some clients send it), which TorchServe hands over as bytes: read once, then unwrapped.
     charset = {"body": {"content-type": "application/json; charset=utf-8"}}
-    assert open_envelope(read_json_parts({"body": bytearray(b'{"instances": ["QUJD"]}')}, charset)) == (
-        {"body": {"data": "QUJD"}}, KServeEnvelope(protocol="v1"))
+    row = read_json_parts({"body": bytearray(b'{"instances": ["QUJD"]}')}, charset)
+    assert unwrap(row, charset) == UnwrappedRequest(image=b"ABC", envelope=KServeEnvelope(protocol="v1"))
     # v2 options: the request's parameters, overridden by the input's own.
     tensor = {"name": "x", "shape": [1], "datatype": "BYTES", "data": ["QUJD"], "parameters": {"threshold": 0.2}}
     v2 = {"id": "7", "inputs": [tensor], "parameters": {"format": "list", "threshold": 0.9}}
-    assert open_envelope({"body": v2}) == (
-        {"body": {"data": "QUJD", "format": "list", "threshold": 0.2}}, KServeEnvelope(protocol="v2", request_id="7"))
+    assert unwrap({"body": v2}, {}) == read_v2(v2) == UnwrappedRequest(
+        image=b"ABC", options={"format": "list", "threshold": 0.2},
+        envelope=KServeEnvelope(protocol="v2", request_id="7"))
+    # Other bodies are TorchServe's own uploads, answered without an envelope.
+    image = bytearray(b"\xff\xd8\xff\xe0 a JPEG")
+    assert unwrap({"body": {"data": "QUJD"}}, {}) == UnwrappedRequest(image=b"ABC")
+    assert unwrap({"body": image}, {}) == UnwrappedRequest(image=image)
 
 
 def test_bundle_is_what_the_runtime_reads(bundle, bundle_config):

@@ -15,9 +15,9 @@ from tests.conftest import DEMO_TRAIN_ARGS
 from tests.test_inspect import run_inspect
 from tests.layout_writers import LAYOUTS, generated_samples, raccoon_samples, write_layout
 from tests.test_datasets import by_name, open_with_warnings, write_image, write_voc_xml
-from training import train
+from training import formats, train
 from training.datasets import DatasetError, open_dataset
-from training.layouts import find_layout
+from training.layouts import FORMATS, find_layout
 
 SHAPE_CLASSES = ["box", "cross"]
 # Two images per step at a third of the demo's input size: the tests show the data trains, not how well.
@@ -32,6 +32,13 @@ def boxes_by_image(dataset) -> dict[str, list[tuple[str, list[float]]]]:
         found[record.path.name] = [(dataset.class_names[label - 1], [round(c, 2) for c in box])
                                    for box, label in zip(record.boxes, record.labels)]
     return found
+
+
+def test_every_module_of_training_formats_is_a_format_with_its_layouts_written_here():
+    """Adding a format is adding its module and its writers in tests/layout_writers.py, nothing else."""
+    modules = {path.stem for path in Path(formats.__file__).parent.glob("*.py")} - {"__init__"}
+    assert set(FORMATS) == modules
+    assert {layout.split("-")[0] for layout in LAYOUTS} == set(FORMATS)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,7 @@ def test_each_layout_is_found_and_reads_the_same_images_and_boxes(layout, shapes
 
 @pytest.fixture(scope="module")
 def raccoon_photos():
-    """Ten training and two validation photos of the raccoon set (by the hash split)."""
+    """Ten training and two validation photos of the raccoon set (by the content split)."""
     return raccoon_samples(count=12, val=2)
 
 
@@ -176,7 +183,7 @@ def test_a_data_yaml_path_that_holds_no_entry_says_where_it_looked_and_by_which_
         "('path: shapes' taken from the data.yaml's folder))")
 
 
-def test_a_coco_file_without_splits_is_split_by_the_hash_and_keeps_its_split_annotations(tmp_path, shapes):
+def test_a_coco_file_without_splits_is_split_by_content_and_keeps_its_split_annotations(tmp_path, shapes):
     data = write_layout("coco-single-file-label-studio", shapes, SHAPE_CLASSES, tmp_path / "coco")
     train_set, messages = open_with_warnings(data, "train")
     assert messages == []  # the other split's annotations are not "unknown images"

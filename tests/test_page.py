@@ -25,10 +25,10 @@ import requests
 from PIL import Image
 from playwright.sync_api import Browser, Locator, Page, sync_playwright
 
-from client.draw import label_color
 from client.keys import KEY_FILE
 from client.page import STATIC_FILES, PageServer, PageSettings
 from client.tag import describe_refusal
+from common.draw import label_color
 from project import ROOT
 from scripts.serve import free_ports
 # server: test_serving's module fixture, so this module starts a TorchServe of its own.

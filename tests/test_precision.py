@@ -1,5 +1,5 @@
-"""The CPU precision of a worker (handler/precision.py): bfloat16 where the CPU computes it, float32 elsewhere,
-coordinates in float32 either way, and the same tags as float32."""
+"""How a CPU worker runs the model (handler/precision.py): bfloat16 where the CPU computes it, else ONNX Runtime,
+else float32; coordinates in float32 either way, and the same tags as float32."""
 
 from __future__ import annotations
 
@@ -23,17 +23,25 @@ from training.synthetic import render_image
 RECALL_SCENES, RECALL_CHECKED = (30, RECALL_SIZES) if precision.native_bfloat16() else (6, RECALL_SIZES[:1])
 
 
-def test_auto_takes_bfloat16_only_where_the_cpu_computes_it():
-    for flags, expected in [({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"), ({"avx2", "amx_bf16"}, "bfloat16"),
-                            ({"fp", "asimd", "bf16"}, "bfloat16"), ({"avx2", "avx512f", "avx512_vnni"}, "float32"),
-                            (set(), "float32")]:
-        assert precision.resolve_cpu_precision("auto", flags=frozenset(flags)) == expected, flags
-        assert precision.describe_cpu_precision("auto", flags=frozenset(flags)).startswith(f"{expected} (auto: ")
-    for chosen in ("float32", "bfloat16"):
-        assert precision.resolve_cpu_precision(chosen, flags=frozenset()) == chosen
-        assert precision.describe_cpu_precision(chosen) == f"{chosen} (handler.cpu_precision: {chosen})"
-    with pytest.raises(ValueError, match="cpu_precision must be one of auto, float32, bfloat16, got 'float16'"):
-        precision.resolve_cpu_precision("float16")
+def test_auto_takes_bfloat16_where_the_cpu_computes_it_else_onnx_runtime():
+    for flags, installed, expected in [
+            ({"avx2", "avx512f", "avx512_bf16"}, True, "bfloat16"), ({"avx2", "amx_bf16"}, False, "bfloat16"),
+            ({"fp", "asimd", "bf16"}, True, "bfloat16"), ({"avx2", "avx512f", "avx512_vnni"}, True, "onnxruntime"),
+            ({"avx2"}, False, "float32"), (set(), True, "onnxruntime")]:
+        resolved = precision.resolve_cpu_runtime("auto", flags=frozenset(flags), onnxruntime=installed)
+        assert resolved == expected, flags
+        described = precision.describe_cpu_runtime("auto", flags=frozenset(flags), onnxruntime=installed)
+        assert ("ONNX Runtime" in described.split(",")[0]) == (expected == "onnxruntime"), described
+        assert ("not installed" in described) == (expected == "float32"), described
+    # a model too big for one ONNX graph beside its PyTorch weights stays with PyTorch, unless asked for
+    big = precision.ONNX_AUTO_MAX_PARAMETERS + 1
+    assert precision.resolve_cpu_runtime("auto", flags=frozenset(), onnxruntime=True, parameters=big) == "float32"
+    assert precision.resolve_cpu_runtime("onnxruntime", parameters=big) == "onnxruntime"
+    for chosen in ("float32", "bfloat16", "onnxruntime"):
+        assert precision.resolve_cpu_runtime(chosen, flags=frozenset(), onnxruntime=False) == chosen
+        assert precision.describe_cpu_runtime(chosen).endswith(f", handler.cpu_runtime: {chosen}")
+    with pytest.raises(ValueError, match="cpu_runtime must be one of auto, float32, bfloat16, onnxruntime, got 'f"):
+        precision.resolve_cpu_runtime("float16")
 
 
 def test_the_flags_are_the_ones_lscpu_reports(tmp_path):
@@ -51,10 +59,11 @@ def test_the_flags_are_the_ones_lscpu_reports(tmp_path):
 
 def test_gpu_and_cpu_share_one_reduced_precision():
     assert precision.autocast_dtype("cuda", half_precision=True) is torch.float16
-    assert precision.autocast_dtype("cuda", cpu_precision="bfloat16") is None  # CPU setting: ignored on a GPU
+    assert precision.autocast_dtype("cuda", cpu_runtime="bfloat16") is None  # CPU setting: ignored on a GPU
     assert precision.autocast_dtype("cpu", half_precision=True) is None  # GPU setting: ignored on a CPU
-    assert precision.autocast_dtype("cpu", cpu_precision="bfloat16") is torch.bfloat16
-    assert precision.autocast_dtype("cpu", cpu_precision="auto") is (
+    assert precision.autocast_dtype("cpu", cpu_runtime="bfloat16") is torch.bfloat16
+    assert precision.autocast_dtype("cpu", cpu_runtime="onnxruntime") is None
+    assert precision.autocast_dtype("cpu", cpu_runtime="auto") is (
         torch.bfloat16 if precision.native_bfloat16() else None)
     with precision.reduced_precision("cpu", torch.bfloat16):
         assert torch.get_autocast_dtype("cpu") is torch.bfloat16 and torch.is_autocast_enabled("cpu")
@@ -69,8 +78,8 @@ def scenes() -> list[torch.Tensor]:
 
 
 def test_bfloat16_finds_the_float32_detections_with_float32_coordinates(scenes):
-    exact = Tagger.from_checkpoint(SHIPPED_CHECKPOINT, cpu_precision="float32")
-    reduced = Tagger.from_checkpoint(SHIPPED_CHECKPOINT, cpu_precision="bfloat16")
+    exact = Tagger.from_checkpoint(SHIPPED_CHECKPOINT, cpu_runtime="float32")
+    reduced = Tagger.from_checkpoint(SHIPPED_CHECKPOINT, cpu_runtime="bfloat16")
     assert exact.autocast_dtype is None and reduced.autocast_dtype is torch.bfloat16
     with torch.inference_mode(), precision.reduced_precision("cpu", torch.bfloat16):
         (raw,) = reduced.model([scenes[0].float() / 255])

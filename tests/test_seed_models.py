@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler.checkpoint import checkpoint_name, load_checkpoint
-from scripts.model_archive import extract_serialized_file
+from common.model_archive import extract_serialized_file
+from handler.checkpoint import load_checkpoint
 from tests.conftest import run_module
 from tests.test_serving import Server, scene, torchserve
+from training.checkpoints import checkpoint_name
 
 ALL_SEED_MODELS = os.environ.get("TAGGER_SEED_MODELS") == "all"
 SMALL_IMAGES = ["--model-override", "min_size=128", "--model-override", "max_size=160"]

@@ -36,7 +36,7 @@ from client.config import read_properties
 from client.keys import KEY_FILE, TorchServeKeys, bearer, read_keys
 from client.tag import tag_images
 from handler.decode import register_heif_opener
-from handler.precision import describe_cpu_precision
+from handler.precision import describe_cpu_runtime
 from handler.sizing import cpu_cores, worker_layout
 from scripts.archive_source import ArchiveSource
 from scripts.serve import (
@@ -460,7 +460,7 @@ def test_serve_again_keeps_the_running_server_and_shows_the_call_without_the_key
     keys = server.keys()
     assert not {keys.inference, keys.management, keys.api} & set(re.findall(r"\w+", done.stdout))
     assert f"Workers: {LAYOUT.describe()};" in done.stdout
-    assert f"Precision: {describe_cpu_precision('auto')};" in done.stdout  # the shipped config's default
+    assert f"Model runs in: {describe_cpu_runtime('auto')};" in done.stdout  # the shipped config's default
     served = ArchiveSource.of(SHIPPED_CHECKPOINT).describe()
     assert f"Checkpoint: {served}, packed in {server.config.archive}." in done.stdout.splitlines()
     (curl_line,) = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("curl ")]

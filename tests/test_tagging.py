@@ -18,17 +18,11 @@ from torchvision.ops import box_iou
 from handler.checkpoint import CheckpointError
 from benchmarks.upload_memory import measure
 from handler.decode import ModelImage, ModelInputSize, image_to_tensor
-from handler.detector import build_detector_from_config, model_config
-from handler.request_parsing import (
-    UPLOAD_STYLES,
-    RequestError,
-    TagOptions,
-    header_value,
-    parse_format,
-    parse_request,
-    parse_threshold,
-    read_json_parts,
-)
+from handler.detector import build_detector_from_config
+from handler.kserve import KServeEnvelope
+from handler.options import OptionError, TagOptions, parse_format, parse_threshold
+from handler.request_parsing import header_value, read_request, tag_options, unwrap
+from handler.uploads import UPLOAD_STYLES, RequestError, read_json_parts
 from handler.settings import ServingSettings, settings_from_config
 from handler.tagging import (
     MIN_RESIZED_SIDE,
@@ -40,14 +34,10 @@ from handler.tagging import (
     tags_of,
 )
 from project import MODEL_CONFIG
+from training.presets import model_config
 from training.synthetic import CLASS_NAMES, render_image
 
 DEFAULTS = TagOptions(response_format="dict", threshold=0.5)
-
-
-def read_request(row, headers):
-    """A row read as the handler reads it: its JSON parts, then the request."""
-    return parse_request(read_json_parts(row, headers), headers, defaults=DEFAULTS)
 
 
 def jpeg_bytes(width: int, height: int, color=(200, 40, 40)) -> bytes:
@@ -83,9 +73,9 @@ def test_each_upload_style_gives_the_image_bytes():
          {"body": {"content-type": "application/json; charset=utf-8"}}),
     ]
     for row, headers in rows:
-        request = read_request(row, headers)
+        request = read_request(row, headers, defaults=DEFAULTS)
         assert request.image == image, row.keys()
-        assert request.options == DEFAULTS
+        assert request.options == DEFAULTS and request.envelope is None
 
 
 def test_json_parts_are_read_by_their_content_type_alone():
@@ -105,25 +95,51 @@ def test_json_parts_are_read_by_their_content_type_alone():
 def test_options_come_from_fields_then_headers_then_defaults():
     image = bytearray(jpeg_bytes(10, 10))
     # A multipart field without a filename arrives as bytes.
-    form = parse_request({"data": image, "format": bytearray(b"list"), "threshold": bytearray(b"0.3")}, {},
-                         defaults=DEFAULTS)
+    form = read_request({"data": image, "format": bytearray(b"list"), "threshold": bytearray(b"0.3")}, {},
+                        defaults=DEFAULTS)
     assert form.options == TagOptions(response_format="list", threshold=0.3)
 
     body = {"data": base64.b64encode(bytes(image)).decode(), "format": "LIST", "threshold": 0.25}
-    assert parse_request({"body": body}, {}, defaults=DEFAULTS).options == TagOptions("list", 0.25)
+    assert read_request({"body": body}, {}, defaults=DEFAULTS).options == TagOptions("list", 0.25)
 
     headers = {"x-tag-format": "list", "X-SCORE-THRESHOLD": " 0.7 ", "body": {"content-type": "image/jpeg"}}
-    assert parse_request({"body": image}, headers, defaults=DEFAULTS).options == TagOptions("list", 0.7)
+    assert read_request({"body": image}, headers, defaults=DEFAULTS).options == TagOptions("list", 0.7)
 
-    both = parse_request({"body": body}, {"X-Tag-Format": "dict", "X-Score-Threshold": "0.9"}, defaults=DEFAULTS)
+    both = read_request({"body": body}, {"X-Tag-Format": "dict", "X-Score-Threshold": "0.9"}, defaults=DEFAULTS)
     assert both.options == TagOptions("list", 0.25)  # the body's own fields win over headers
+
+
+def test_each_adapter_returns_the_options_as_sent_and_they_are_checked_once():
+    image = jpeg_bytes(10, 10)
+    encoded = base64.b64encode(image).decode()
+    json_part = {"content-type": "application/json"}
+    rows = {
+        "plain body, a query parameter": ({"body": bytearray(image), "threshold": bytearray(b"high")}, {}),
+        "multipart": ({"data": bytearray(image), "threshold": bytearray(b"high")}, {"data": {"content-type": "x"}}),
+        "JSON": ({"body": {"data": encoded, "threshold": "high"}}, {"body": json_part}),
+        "KServe v1": ({"body": {"instances": [{"data": encoded, "threshold": "high"}]}}, {"body": json_part}),
+        "KServe v2": ({"body": {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [encoded]}],
+                                "parameters": {"threshold": "high"}}}, {"body": json_part}),
+    }
+    for name, (row, headers) in rows.items():
+        unwrapped = unwrap(row, headers)
+        sent = bytearray(b"high") if name.startswith(("plain", "multipart")) else "high"  # a form field is bytes
+        assert bytes(unwrapped.image) == image and unwrapped.options == {"threshold": sent}, name
+        with pytest.raises(RequestError, match="threshold must be a number from 0 to 1, got 'high'") as caught:
+            read_request(row, headers, defaults=DEFAULTS)
+        assert (caught.value.status, caught.value.error) == (422, "bad_parameter"), name
+    assert unwrap(*rows["KServe v1"]).envelope == KServeEnvelope(protocol="v1")
+    assert unwrap(*rows["multipart"]).envelope is None
+    # A header is read (and checked) only for an option the body does not send.
+    assert tag_options({"format": "list"}, {"X-Tag-Format": "yaml"}, defaults=DEFAULTS) == TagOptions("list", 0.5)
+    assert tag_options({}, {}, defaults=DEFAULTS) == DEFAULTS
 
 
 def test_a_row_without_an_image_names_the_working_upload_styles():
     # A body sent without a Content-Type is parsed as a form by TorchServe: the row arrives empty.
     for row in ({}, {"format": bytearray(b"list")}, {"body": "some text"}, {"body": {"image": "abc"}}):
         with pytest.raises(RequestError) as caught:
-            parse_request(row, {}, defaults=DEFAULTS)
+            read_request(row, {}, defaults=DEFAULTS)
         assert caught.value.status == 400 and caught.value.error == "no_image"
         assert "-T photo.jpg" in str(caught.value) and "-F data=@photo.jpg" in str(caught.value)
         assert "Content-Type: image/jpeg" in str(caught.value) and "base64" in str(caught.value)
@@ -152,7 +168,7 @@ def test_a_row_without_an_image_names_the_working_upload_styles():
 )
 def test_bad_requests_get_their_status(row, headers, status, error):
     with pytest.raises(RequestError) as caught:
-        read_request(row, headers)
+        read_request(row, headers, defaults=DEFAULTS)
     assert (caught.value.status, caught.value.error) == (status, error)
 
 
@@ -160,15 +176,15 @@ def test_ordinary_form_fields_are_ignored_and_two_files_refused():
     image = bytearray(jpeg_bytes(10, 10))
     # curl -F data=@x.jpg -F note=holiday: the note arrives as bytes without a Content-Type, like a file would.
     row = {"data": image, "note": bytearray(b"holiday"), "tags": bytearray("été\nà la mer".encode())}
-    request = parse_request(row, {"data": {"content-type": "image/jpeg"}, "note": {"content-type": ""}},
-                            defaults=DEFAULTS)
+    request = read_request(row, {"data": {"content-type": "image/jpeg"}, "note": {"content-type": ""}},
+                           defaults=DEFAULTS)
     assert request.image == image and request.options == DEFAULTS
     with pytest.raises(RequestError, match="'note'.* not images") as caught:
-        parse_request({"note": bytearray(b"holiday")}, {}, defaults=DEFAULTS)
+        read_request({"note": bytearray(b"holiday")}, {}, defaults=DEFAULTS)
     assert caught.value.error == "no_image"
     files = {"a": {"content-type": "image/jpeg"}, "b": {"content-type": "text/plain"}}
     with pytest.raises(RequestError) as caught:  # a second file is refused whatever it holds
-        parse_request({"a": image, "b": bytearray(b"holiday")}, files, defaults=DEFAULTS)
+        read_request({"a": image, "b": bytearray(b"holiday")}, files, defaults=DEFAULTS)
     assert caught.value.error == "too_many_images"
 
 
@@ -176,9 +192,14 @@ def test_ordinary_form_fields_are_ignored_and_two_files_refused():
 def test_explain_and_describe_requests_are_refused(header):
     row = {"body": bytearray(jpeg_bytes(10, 10))}
     with pytest.raises(RequestError, match="predictions only") as caught:
-        parse_request(row, {header: "True"}, defaults=DEFAULTS)
+        read_request(row, {header: "True"}, defaults=DEFAULTS)
     assert (caught.value.status, caught.value.error) == (400, "predictions_only")
-    assert parse_request(row, {header: "False"}, defaults=DEFAULTS).options == DEFAULTS
+    assert read_request(row, {header: "False"}, defaults=DEFAULTS).options == DEFAULTS
+    # Refused before its body is read: whatever the body holds.
+    for body in (bytearray(b"{broken"), {"instances": []}, {"data": "not base64 !!"}):
+        with pytest.raises(RequestError, match="predictions only"):
+            read_request({"body": body}, {header: "True", "body": {"content-type": "application/json"}},
+                         defaults=DEFAULTS)
 
 
 @pytest.mark.parametrize(
@@ -196,7 +217,7 @@ def test_explain_and_describe_requests_are_refused(header):
 )
 def test_hostile_bodies_get_their_own_error(body, headers, error):
     with pytest.raises(RequestError) as caught:
-        read_request({"body": body}, headers)
+        read_request({"body": body}, headers, defaults=DEFAULTS)
     assert caught.value.error == error and caught.value.status in (400, 422)
 
 
@@ -204,7 +225,7 @@ def test_parameter_parsers():
     assert parse_format(b" Dict ") == "dict"
     assert parse_threshold("0") == 0.0 and parse_threshold(1) == 1.0 and parse_threshold(b"0.45") == 0.45
     for bad in ("nan", "inf", "-0.1", "", None, [0.5]):
-        with pytest.raises(RequestError, match="threshold must be a number from 0 to 1"):
+        with pytest.raises(OptionError, match="threshold must be a number from 0 to 1"):
             parse_threshold(bad)
     assert header_value({"X-Tag-Format": "list"}, "x-tag-format") == "list"
     assert header_value({"x-tag-format": {"content-type": "text/plain"}}, "X-Tag-Format") is None
@@ -216,24 +237,26 @@ def test_parameter_parsers():
 def test_settings_from_the_model_config_section():
     assert settings_from_config(None) == ServingSettings()
     assert ServingSettings() == ServingSettings(score_threshold=0.5, max_detections=100, default_format="dict",
-                                                max_pixels=40_000_000, half_precision=False, cpu_precision="auto",
+                                                max_pixels=40_000_000, half_precision=False, cpu_runtime="auto",
                                                 channels_last=False, torch_threads=None)
     section = {"score_threshold": 0.3, "max_detections": 5, "default_format": "list", "max_pixels": None,
-               "half_precision": True, "cpu_precision": "bfloat16", "channels_last": True, "torch_threads": 1,
-               "profile": True}
+               "half_precision": True, "cpu_runtime": "bfloat16", "channels_last": True, "torch_threads": 1}
     assert settings_from_config(section) == ServingSettings(
         score_threshold=0.3, max_detections=5, default_format="list", max_pixels=None, half_precision=True,
-        cpu_precision="bfloat16", channels_last=True, torch_threads=1)
+        cpu_runtime="bfloat16", channels_last=True, torch_threads=1)
     for bad, message in [
         ({"score_treshold": 0.3}, "unknown key"),
+        # TorchServe's @timed reads `profile`, on BaseHandler's preprocess, inference and postprocess, which this
+        # handler overrides: it would do nothing here.
+        ({"profile": True}, "unknown key.*: profile "),
         ({"score_threshold": 2}, "threshold"),
         ({"default_format": "xml"}, "format"),
         ({"max_detections": 0}, "max_detections"),
         ({"max_pixels": "big"}, "max_pixels"),
         ({"max_detections": None}, "max_detections"),
         ({"half_precision": "yes"}, "half_precision"),
-        ({"cpu_precision": "float16"}, "cpu_precision must be one of auto, float32, bfloat16"),
-        ({"cpu_precision": True}, "cpu_precision"),
+        ({"cpu_runtime": "float16"}, "cpu_runtime must be one of auto, float32, bfloat16, onnxruntime"),
+        ({"cpu_runtime": True}, "cpu_runtime"),
         ({"torch_threads": 0}, "torch_threads"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -242,8 +265,22 @@ def test_settings_from_the_model_config_section():
 
 def test_the_shipped_model_config_has_valid_handler_settings():
     config = yaml.safe_load(MODEL_CONFIG.read_text())
-    section = {key: value for key, value in config["handler"].items() if key != "profile"}
+    section = config["handler"] or {}
     assert asdict(settings_from_config(section)) == {**asdict(ServingSettings()), **section}
+
+
+def test_a_default_option_is_read_by_the_rules_of_a_request():
+    """The config's default format and threshold take what a request may send, by handler/options.py's rules,
+    and a bad one is named as the config's."""
+    section = {"default_format": " LIST ", "score_threshold": "0.25"}
+    settings = settings_from_config(section)
+    assert (settings.default_format, settings.score_threshold) == (parse_format(" LIST "), parse_threshold("0.25"))
+    for value in ("high", True, 1.5):
+        with pytest.raises(OptionError) as request_side:
+            parse_threshold(value)
+        with pytest.raises(ValueError) as config_side:
+            settings_from_config({"score_threshold": value})
+        assert str(config_side.value) == f"handler section of the model config: {request_side.value}"
 
 
 # --- response formats -------------------------------------------------------------------------------------

@@ -16,18 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint, save_serving_checkpoint
-from handler.detector import build_detector_from_config, model_config
+from handler.checkpoint import load_checkpoint
+from handler.detector import build_detector_from_config
 from project import RACCOON
 from tests.conftest import DEMO_TRAIN_ARGS, ROOT, TEST_EPOCHS, run_module
-from training.demo import DEMO_RECIPE
+from training.checkpoints import checkpoint_name, save_checkpoint, save_serving_checkpoint
 from training.events import CURVES_FILE, read_scalars
+from training.presets import DEMO, model_config
 from training.synthetic import CLASS_NAMES
 from training.train import restore_training_state
 
 # What the demo recipe must reach on held-out images (it measured 0.98 on 100 of them in 8.8 minutes).
 LEARNED_MAP50 = 0.8
-DEMO_LR = float(DEMO_RECIPE[DEMO_RECIPE.index("--lr") + 1])
+DEMO_LR = DEMO.training["lr"]
 
 
 def test_training_writes_one_checkpoint_per_epoch_and_a_log(training_run):

@@ -9,12 +9,12 @@ the error names it and the folder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 from urllib.parse import urlparse
 
 import torch
 from torchvision.models import ResNet50_Weights, VGG16_Weights
 
-from handler.detector import backbone_state_from_torchvision
 from handler.text import error_line
 
 # The classification weights each backbone's detector starts from, as in the Faster R-CNN paper.
@@ -30,7 +30,7 @@ def backbone_start_state(backbone: str, weights: str) -> dict[str, torch.Tensor]
     """The state dict ``model.backbone`` starts from, or None for random weights.
 
     Args:
-        backbone: a backbone name of ``handler.detector``.
+        backbone: a backbone name of ``handler.detector.BACKBONES``.
         weights: ``imagenet``, ``none`` or the path of a torchvision classification state dict.
 
     Raises:
@@ -77,3 +77,16 @@ def imagenet_file(backbone: str) -> Path:
     """Where torchvision keeps the ImageNet weights of ``backbone`` (the torch cache)."""
     url = IMAGENET_WEIGHTS[backbone].url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def backbone_state_from_torchvision(backbone: str, state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Maps a torchvision classification state dict (e.g. ImageNet VGG16) onto ``model.backbone``.
+
+    The classifier's weights (``classifier.*`` / ``fc.*``) are left out; they have no place in the detector.
+    """
+    if backbone == "vgg16":
+        prefix = "features."
+        return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if backbone == "resnet50":
+        return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    raise ValueError(f"backbone {backbone!r} has no torchvision weights format")

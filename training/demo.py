@@ -3,9 +3,9 @@
     python -m training.demo --data data/synthetic --output-dir model
 
 Generates the synthetic data set (images of varied sizes) when it is missing, trains the small ``demo``
-preset (not the seed's model: a CPU-sized network) with the recipe below, and writes the serving copy of
-the last checkpoint to ``model/demo.pth`` (float16 weights, no optimizer state): the default model that
-``make serve`` packs when ``model/`` holds no ``Epoch.N.pth``. It then scores that copy on the held-out
+preset (not the seed's model: a CPU-sized network) with its recipe (``training/presets.py``), and writes the
+serving copy of the last checkpoint to ``model/demo.pth`` (float16 weights, no optimizer state): the default
+model that ``make serve`` packs when ``model/`` holds no ``Epoch.N.pth``. It then scores that copy on the held-out
 test split and measures its tag recall on scenes of three sizes. ``make demo-model`` runs it.
 """
 
@@ -21,19 +21,16 @@ from pathlib import Path
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
-from handler.checkpoint import (
-    CheckpointError, checkpoint_name, load_checkpoint, model_from_checkpoint, save_serving_checkpoint,
-)
+from handler.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from handler.settings import ServingSettings
 from project import SHIPPED_CHECKPOINT
 from training import evaluate, train
+from training.checkpoints import checkpoint_name, save_serving_checkpoint
 from training.datasets import DatasetError
 from training.engine import format_metrics_table
+from training.presets import DEMO
 from training.synthetic import render_image, write_dataset
 
-# SGD at 40x the seed's LR, with warm-up and batches of 8: a small network trained from scratch
-# learns fast enough to be useful on a 2-core CPU in minutes.
-DEMO_RECIPE = ["--backbone", "demo", "--batch-size", "8", "--lr", "0.04", "--warmup-iters", "50"]
 DEMO_SPLITS = {"train": 1400, "val": 100, "test": 100}
 DEMO_EPOCHS = 5
 # Scene sizes whose tag recall is compared: the model must answer alike on small and large photos.
@@ -78,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(data, counts=DEMO_SPLITS, seed=0, progress=print)
     started = time.perf_counter()
     code = train.main(["--data", str(data), "--output-dir", args.output_dir, "--epochs", str(args.epochs),
-                       "--workers", str(args.workers), *DEMO_RECIPE])
+                       "--workers", str(args.workers), *DEMO.recipe])
     if code:
         return code
     train_minutes = (time.perf_counter() - started) / 60
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     model = model_from_checkpoint(load_checkpoint(shipped))
     recall = {f"{w}x{h}": tag_recall(model, w, h) for w, h in RECALL_SIZES}
-    metrics.update(train_minutes=train_minutes, epochs=args.epochs, recipe=DEMO_RECIPE, tag_recall=recall,
+    metrics.update(train_minutes=train_minutes, epochs=args.epochs, recipe=DEMO.recipe, tag_recall=recall,
                    shipped_bytes=shipped.stat().st_size)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")

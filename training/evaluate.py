@@ -14,27 +14,33 @@ import torch
 from torch.utils.data import DataLoader
 
 from handler.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from handler.onnx_runtime import OnnxDetector
 from handler.precision import reduced_precision
 from training.batching import collate_as_lists
 from training.datasets import DatasetError, open_dataset
 from training.engine import evaluate, format_metrics_table
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# How the model runs (handler.cpu_runtime and handler.half_precision): PyTorch under autocast to this type (None:
+# float32), or ONNX Runtime in float32.
+RUNTIMES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "onnxruntime": None}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="an Epoch.N.pth written by training.train")
-    parser.add_argument("data", help="VOC folder (VOCdevkit or images/+annotations/) or COCO json")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("data", help="data set folder (Pascal VOC, COCO or YOLO; see training/layouts.py), COCO .json "
+                                      "or YOLO data.yaml, as training's --data")
+    parser.add_argument("--split", default="test", help="the split scored: the data's own, or for data without "
+                                                        "splits about 10%% of its images, kept out of train and val")
     parser.add_argument("--output", default=None, help="JSON file for the metrics (default: print only)")
     parser.add_argument("-b", "--batch-size", type=int, default=4)
     parser.add_argument("-j", "--workers", type=int, default=2)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--precision", default="float32", choices=sorted(PRECISIONS),
-                        help="the model under autocast as the service runs it: bfloat16 (handler.cpu_precision) or "
-                             "float16 (handler.half_precision, CUDA only); on a CPU without native bfloat16 it is "
-                             "emulated, correct but many times slower")
+    parser.add_argument("--runtime", default="float32", choices=list(RUNTIMES),
+                        help="the model as a worker runs it: PyTorch in float32, bfloat16 autocast "
+                             "(handler.cpu_runtime; emulated, correct but many times slower, on a CPU without "
+                             "native bfloat16), float16 autocast (handler.half_precision, CUDA only), or ONNX "
+                             "Runtime in float32 (CPU only)")
     return parser
 
 
@@ -44,13 +50,17 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate_as_lists)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.precision == "float16" and device.type != "cuda":
-        raise ValueError(f"--precision float16 runs on CUDA only; on {device} choose bfloat16 or float32")
+    if args.runtime == "float16" and device.type != "cuda":
+        raise ValueError(f"--runtime float16 runs on CUDA only, not on {device}")
+    if args.runtime == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"--runtime onnxruntime runs on the CPU only, not on {device}")
     model = model_from_checkpoint(state).to(device)
-    with reduced_precision(device.type, PRECISIONS[args.precision]):
+    if args.runtime == "onnxruntime":
+        model = OnnxDetector(model.eval())
+    with reduced_precision(device.type, RUNTIMES[args.runtime]):
         metrics = evaluate(model, loader, device, state["class_names"], show_progress=True)
     metrics.update(checkpoint=str(args.checkpoint), data=str(args.data), split=args.split, images=len(dataset),
-                   precision=args.precision)
+                   runtime=args.runtime)
     return metrics
 
 

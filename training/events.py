@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.transforms.functional import to_pil_image
 
-from client.draw import draw_boxes
+from common.draw import draw_boxes
 from training.datasets import DetectionDataset, UnreadableImage
 
 CURVES_FILE = "curves.png"

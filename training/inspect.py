@@ -22,13 +22,12 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import to_pil_image
 
-from client.draw import draw_boxes
+from common.draw import draw_boxes
 from handler.decode import ModelInputSize
-from handler.detector import BACKBONES, model_config
 from training.datasets import DatasetError, DatasetWarning, DetectionDataset, UnreadableImage, open_dataset
 from training.layouts import FORMATS
-from training.train import get_args_parser as training_args_parser
-from training.train import parse_class_names, parse_overrides
+from training.options import TRAIN_SPLIT, VAL_SPLIT, parse_class_names, parse_overrides
+from training.presets import DEFAULT_PRESET, PRESETS, model_config
 
 SHEET_CELL = 320  # pixels of the longer side of each contact-sheet image
 SHEET_COLUMNS = 4
@@ -45,15 +44,14 @@ class SplitReport:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    training = training_args_parser()  # the training's defaults are the ones checked
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="data set folder, COCO .json or YOLO data.yaml (as training's --data)")
     parser.add_argument("--format", default=None, choices=FORMATS, help="skip the layout guess")
-    parser.add_argument("--train-split", default=training.get_default("train_split"))
-    parser.add_argument("--val-split", default=training.get_default("val_split"), help="'' when there is none")
+    parser.add_argument("--train-split", default=TRAIN_SPLIT)
+    parser.add_argument("--val-split", default=VAL_SPLIT, help="'' when there is none")
     parser.add_argument("--classes", default=None, help="comma-separated class names, as training's --classes")
-    parser.add_argument("--backbone", default=training.get_default("backbone"),
-                        help=f"whose input size and anchors the boxes are measured against: {', '.join(BACKBONES)}")
+    parser.add_argument("--backbone", default=DEFAULT_PRESET,
+                        help=f"whose input size and anchors the boxes are measured against: {', '.join(PRESETS)}")
     parser.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
                         help="as training's --model-override (e.g. min_size=600)")
     parser.add_argument("--sheet", default="inspect.png", help="the contact sheet PNG to write")

@@ -30,15 +30,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
-from handler.checkpoint import (CheckpointError, checkpoint_name, epoch_checkpoints, load_checkpoint,
-                                model_from_checkpoint, save_checkpoint)
-from handler.detector import BACKBONES, build_detector_from_config, model_config
+from common.model_archive import MANIFEST, ArchiveReadError, extract_serialized_file, member_names
+from handler.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from handler.detector import build_detector_from_config
 from handler.settings import ServingSettings
 from handler.text import error_line
-from scripts.model_archive import MANIFEST, ArchiveReadError, extract_serialized_file, member_names
 from training.augmentation import train_transforms
 from training.backbones import backbone_start_state, default_backbone_weights
 from training.batching import GroupedBatchSampler, aspect_ratio_groups, collate_as_lists
+from training.checkpoints import checkpoint_name, epoch_checkpoints, save_checkpoint
 from training.datasets import DatasetError, DetectionDataset, open_dataset
 from training.distributed import (StepFailedError, barrier, get_rank, get_world_size, init_distributed,
                                   is_main_process)
@@ -46,6 +46,8 @@ from training.engine import NonFiniteLossError, evaluate, format_metrics_table, 
 from training.events import TrainingCurves
 from training.layouts import FORMATS
 from training.mixed_precision import grad_scaler
+from training.options import TRAIN_SPLIT, VAL_SPLIT, parse_class_names, parse_overrides
+from training.presets import DEFAULT_PRESET, PRESETS, model_config
 
 UNREADABLE_SHOWN = 10  # unreadable images named in the closing summary (log.jsonl names all)
 
@@ -97,10 +99,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "or YOLO data.yaml")
     parser.add_argument("--format", default=None, choices=FORMATS,
                         help="the data set's format when the guess from its files is wrong")
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--val-split", default="val", help="split evaluated after each epoch ('' to skip)")
+    parser.add_argument("--train-split", default=TRAIN_SPLIT)
+    parser.add_argument("--val-split", default=VAL_SPLIT, help="split evaluated after each epoch ('' to skip)")
     parser.add_argument("--classes", default=None, help="comma-separated class names: fixes their order")
-    parser.add_argument("--backbone", default="vgg16", help=f"one of {', '.join(BACKBONES)}")
+    parser.add_argument("--backbone", default=DEFAULT_PRESET, help=f"one of {', '.join(PRESETS)}")
     parser.add_argument("--backbone-weights", default=None, metavar="imagenet|PATH|none",
                         help="what the backbone starts from: torchvision's ImageNet weights (from the torch "
                              "cache, downloaded when missing), a torchvision state dict file, or random weights "
@@ -135,32 +137,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_class_names(text: str | None) -> list[str] | None:
-    """``--classes`` (comma-separated names, fixing their order) as a list; None when not given."""
-    return [name.strip() for name in text.split(",")] if text else None
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--model-override needs KEY=VALUE, got {item!r}")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    return overrides
-
-
-def build_new_detector(backbone: str, num_classes: int, weights: str, overrides: dict[str, Any]):
-    """A new model whose backbone starts from ``weights`` (see ``training/backbones.py``); returns (model, config).
-
-    Pretrained backbones keep their batch-norm statistics (``backbone_norm``), so the config records what the
-    backbone started from.
+def build_new_detector(preset: str, num_classes: int, weights: str, overrides: dict[str, Any]):
+    """A new model of ``preset`` whose backbone starts from ``weights`` (see ``training/backbones.py``); returns
+    (model, config). The config records whether the backbone started from pretrained weights (``backbone_norm``).
     """
-    pretrained = {"backbone_norm": "frozen_batch_norm"} if weights != "none" else {}
-    config = model_config(backbone, num_classes, **{**pretrained, **overrides})  # wrong settings said first
+    config = model_config(preset, num_classes, pretrained=weights != "none", **overrides)  # wrong settings said first
+    backbone = config["backbone"]
     start_state = backbone_start_state(backbone, weights)
     model = build_detector_from_config(config)
     if start_state is not None:
@@ -330,7 +312,7 @@ def build_model(args: argparse.Namespace, resumed: dict | None, *, num_classes: 
         config = resumed["model_config"]
         model = model_from_checkpoint(resumed)
     else:
-        args.backbone_weights = args.backbone_weights or default_backbone_weights(args.backbone)
+        args.backbone_weights = args.backbone_weights or default_backbone_weights(PRESETS[args.backbone].backbone)
         model, config = build_new_detector(args.backbone, num_classes, args.backbone_weights,
                                            parse_overrides(args.model_override))
     model.to(device)
@@ -423,8 +405,8 @@ def unreadable_summary(unreadable: Counter[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        if args.resume is None and args.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {args.backbone!r}; choose one of: {', '.join(BACKBONES)}")
+        if args.resume is None and args.backbone not in PRESETS:
+            raise ValueError(f"unknown backbone {args.backbone!r}; choose one of: {', '.join(PRESETS)}")
         if args.keep_last is not None and args.keep_last < 1:
             raise ValueError(f"--keep-last must be 1 or more, got {args.keep_last}")
         train(args)

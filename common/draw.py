@@ -1,4 +1,8 @@
-"""Draws the tagger's detections (boxes and labels) on a copy of the image they were found in."""
+"""Draws the tagger's detections (boxes and labels) on a copy of the image they were found in.
+
+Used by the client (``--draw``), the training curves' validation images and ``training.inspect``'s contact sheet,
+so that annotated and predicted boxes look alike everywhere.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 torch-model-archiver puts the manifest at ``MAR-INF/MANIFEST.json`` and ``--config-file``, ``--handler`` and
 ``--serialized-file`` at the root under their own names. Kept free of torch so that ``scripts/serve.py``
-starts fast.
+starts fast. ``make archive`` writes one (``scripts/make_archive.py``); training resumes from one.
 """
 
 from __future__ import annotations
