@@ -114,7 +114,11 @@ def store(trained_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory) -> Iterator[ChaosServer]:
     with torchserve(store, tmp_path_factory.mktemp("chaos_server")) as served:
-        yield ChaosServer(**vars(served))
+        server = ChaosServer(**vars(served))
+        # The model answers once one worker is up; every case starts with all of them READY (each exports the
+        # model to ONNX Runtime at start, seconds more on a loaded machine).
+        wait_until(server.ready_workers, timeout=WAIT_S, every=0.2, what="every worker READY")
+        yield server
 
 
 # ---- helpers ----

@@ -195,7 +195,7 @@ def test_draw_detections_uses_the_exif_rotated_frame(tmp_path):
 
 
 def test_draw_detections_falls_back_to_png_for_unwritable_suffixes(tmp_path):
-    source = tmp_path / "scene.heic"
+    source = tmp_path / "scene.dng"  # a camera's raw file: Pillow writes no such format
     Image.new("RGB", (64, 64)).save(source, format="JPEG")
     drawn = DrawingFolder(tmp_path / "out").draw(source, [])
     assert drawn == tmp_path / "out" / "scene.png" and Image.open(drawn).format == "PNG"
