@@ -95,9 +95,10 @@ def make_faster_rcnn(
     roi_pool = MultiScaleRoIAlign(
         featmap_names=["0"], output_size=roi_output_size, sampling_ratio=roi_sampling_ratio
     )
-    rpn_head = Float32RPNHead(out_channels, anchor_generator.num_anchors_per_location()[0])
     box_head = TwoMLPHead(out_channels * roi_output_size**2, representation_size)
     box_predictor = FastRCNNPredictor(representation_size, num_classes)
+    # Made where FasterRCNN would make its own RPNHead, so a seed draws the same weights as before.
+    rpn_head = Float32RPNHead(out_channels, anchor_generator.num_anchors_per_location()[0])
     model = FasterRCNN(
         body,
         min_size=min_size,
