@@ -419,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch_sizes: list[int], cores: int) -> int:
     config = read_server_config(args.config)
     jpegs = generate_jpegs(args.images)
+    configured_runtime = cpu_runtime_of(yaml.safe_load(MODEL_CONFIG.read_text()) or {})
     print(f"machine: {machine()}; bare and baseline on {args.device}; the bare model runs as the served workers do "
-          f"({configured_cpu_runtime()} on a CPU), the baseline in PyTorch float32")
+          f"({configured_runtime} on a CPU), the baseline in PyTorch float32")
     print(f"images: {len(jpegs)} generated JPEGs, {', '.join(f'{w}x{h}' for w, h in IMAGE_SIZES)}; "
           f"weights from {args.checkpoint or config.archive}; {args.seconds:g} s per phase")
     print(f"{'':<58} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8}")
@@ -429,7 +430,8 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or extract_serialized_file(config.archive, Path(tmp))
         if "bare" in parts:
-            results.bare_best = best_bare_layout(checkpoint, jpegs, args=args, cores=cores, batch_sizes=batch_sizes)
+            results.bare_best = best_bare_layout(checkpoint, jpegs, args=args, cores=cores, batch_sizes=batch_sizes,
+                                                 runtime=configured_runtime)
         if "baseline" in parts:
             results.baseline = measure_baseline(checkpoint, jpegs, args=args, clients=clients)
         if "static" in parts and args.device == "cpu":
@@ -437,9 +439,10 @@ def _run(args: argparse.Namespace, *, parts: set[str], clients: list[int], batch
         if "served" in parts:
             results.served = measure_served(config, jpegs, args=args, clients=clients, cores=cores)
         if "precision" in parts and args.device == "cpu":
+            results.served_runtime = cpu_runtime_of(packed_model_config(config.archive))
             results.precision_servers = measure_precision_servers(args, checkpoint=checkpoint, jpegs=jpegs,
                                                                   clients=clients,
-                                                                  served_runtime=served_cpu_runtime(config))
+                                                                  served_runtime=results.served_runtime)
     print_ratios(results, clients=clients, config=config)
     return 0
 
@@ -453,6 +456,7 @@ class PartResults:
         baseline / served: the plain server's and the served TorchServe's phases, by client count.
         static_best: the fixed TorchServe layout with the most img/s at the loaded client count.
         precision_servers: TorchServe's phases in each other CPU runtime, by runtime, then client count.
+        served_runtime: how the served archive's CPU workers run the model (with ``precision_servers``).
     """
 
     bare_best: Measurement | None = None
@@ -460,14 +464,16 @@ class PartResults:
     static_best: Measurement | None = None
     served: dict[int, Measurement] | None = None
     precision_servers: dict[str, dict[int, Measurement]] = field(default_factory=dict)
+    served_runtime: str | None = None
 
 
 def best_bare_layout(checkpoint: Path, jpegs: list[bytes], *, args: argparse.Namespace, cores: int,
-                     batch_sizes: list[int]) -> Measurement:
-    """The bare part: prints every layout at every batch size as it ends; the best one."""
+                     batch_sizes: list[int], runtime: str) -> Measurement:
+    """The bare part: prints every layout at every batch size as it ends, the model run as ``runtime``; the
+    best one."""
     bare = []
     for measurement in measure_bare(checkpoint, jpegs, device=args.device, cores=cores, batch_sizes=batch_sizes,
-                                    seconds=args.seconds, runtime=configured_cpu_runtime()):
+                                    seconds=args.seconds, runtime=runtime):
         print(measurement.row(), flush=True)
         bare.append(measurement)
     return max(bare, key=lambda m: m.images_per_second)
@@ -565,7 +571,7 @@ def print_ratios(results: PartResults, *, clients: list[int], config: ServerConf
         print(ratio_line("lone request p50, served / baseline",
                          served[1].latency_ms(0.5) / baseline[1].latency_ms(0.5), "<= 1.1"))
     if served:
-        served_runtime = served_cpu_runtime(config)
+        served_runtime = results.served_runtime
         for runtime, other in results.precision_servers.items():
             # The goals of a faster runtime: against the PyTorch float32 the workers ran before it.
             faster = served_runtime != "float32" and runtime == "float32"
@@ -576,17 +582,11 @@ def print_ratios(results: PartResults, *, clients: list[int], config: ServerConf
                              ">= 1.5" if faster else "-"))
 
 
-def configured_cpu_runtime() -> str:
-    """How ``model/model-config.yaml``'s CPU workers run the demo-sized model on this machine."""
-    section = (yaml.safe_load(MODEL_CONFIG.read_text()) or {}).get("handler")
-    return resolve_cpu_runtime(settings_from_config(section).cpu_runtime)
-
-
-def served_cpu_runtime(config: ServerConfig) -> str:
-    """How the served archive's CPU workers run the model on this machine (``handler/precision.py``'s rule; a
-    model over its parameter bound, which ``auto`` leaves to PyTorch, is not told apart here)."""
-    settings = settings_from_config(packed_model_config(config.archive).get("handler"))
-    return resolve_cpu_runtime(settings.cpu_runtime)
+def cpu_runtime_of(model_config: dict) -> str:
+    """How the CPU workers of ``model_config`` (``model/model-config.yaml``, or the one an archive packs) run
+    the model on this machine (``handler/precision.py``'s rule; a model over its parameter bound, which ``auto``
+    leaves to PyTorch, is not told apart here)."""
+    return resolve_cpu_runtime(settings_from_config(model_config.get("handler")).cpu_runtime)
 
 
 def measure_precision_servers(args: argparse.Namespace, *, checkpoint: Path, jpegs: list[bytes], clients: list[int],

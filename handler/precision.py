@@ -83,12 +83,13 @@ def resolve_cpu_runtime(setting: str, *, flags: frozenset[str] | None = None, on
 def describe_cpu_runtime(setting: str, *, flags: frozenset[str] | None = None,
                          onnxruntime: bool | None = None) -> str:
     """One line for ``make serve``: how a CPU worker runs the model, and why."""
+    flags = cpu_flags() if flags is None else flags
     resolved = resolve_cpu_runtime(setting, flags=flags, onnxruntime=onnxruntime)
     names = {"float32": "float32 (PyTorch)", "bfloat16": "bfloat16 (PyTorch autocast)",
              "onnxruntime": "float32 (ONNX Runtime)"}
     if setting != "auto":
         return f"{names[resolved]}, handler.cpu_runtime: {setting}"
-    found = sorted(NATIVE_BFLOAT16_FLAGS & (cpu_flags() if flags is None else flags))
+    found = sorted(NATIVE_BFLOAT16_FLAGS & flags)
     if found:
         return f"{names[resolved]}, auto: this CPU computes bfloat16 natively ({', '.join(found)})"
     if resolved == "onnxruntime":
